@@ -1,0 +1,105 @@
+"""The strategy contract: the server's aggregation and the party-side hooks of one algorithm.
+
+A strategy sees one round as ``begin_round`` → ``accumulate`` per accepted update (in arrival order) →
+``finalize``. Strategies that can (FedAvg, FedOpt, dynamic weighting) keep a running sum, so the server holds
+O(model) whatever the number of parties; robust ones that need every update at once buffer them and say so.
+
+Hyper-parameters live in a pydantic ``Params`` model per strategy, validated where it is defined; the shared knobs
+(party sampling, minimum parties, timeouts) belong to the round loop's selection config, not to strategies.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mpctf.messages import NamedTensors, Update
+from mpctf.registry import Registry
+
+
+class StrategyParams(BaseModel):
+    """Base for a strategy's own hyper-parameters; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartyHooks:
+    """Party-side half of an algorithm. The default does nothing (plain local SGD).
+
+    The trainer calls ``extra_loss`` after computing the task loss, ``adjust_gradients`` after ``backward`` and
+    before the optimizer step, and ``after_training`` once, to add tensors to the update's ``extra``.
+    """
+
+    def extra_loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
+        return None
+
+    def adjust_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
+        return None
+
+    def after_training(self, local: NamedTensors, global_state: NamedTensors, steps: int, lr: float) -> NamedTensors:
+        return {}
+
+
+class Strategy(ABC):
+    """Server-side aggregation of one algorithm; see the module docstring for the call order."""
+
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+    registered_name: ClassVar[str]
+    #: True when the strategy must see every update before combining them (memory O(parties × model)).
+    buffers_updates: ClassVar[bool] = False
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    # --- server side -------------------------------------------------------------------------------------
+    @abstractmethod
+    def begin_round(self, round_num: int, global_state: NamedTensors) -> None:
+        """Reset per-round accumulators; ``global_state`` is the state sent to the parties this round."""
+
+    @abstractmethod
+    def accumulate(self, update: Update) -> None:
+        """Fold one validated, decoded update into the round's aggregate."""
+
+    @abstractmethod
+    def finalize(self) -> NamedTensors:
+        """Return the new global state; called once per round after at least one ``accumulate``."""
+
+    def round_payload(self) -> NamedTensors:
+        """Extra tensors every selected party receives with this round's task (e.g. SCAFFOLD's ``c``)."""
+        return {}
+
+    def party_instructions(self) -> dict[str, Any]:
+        """JSON-able settings the party-side hooks need (e.g. FedProx's ``mu``)."""
+        return {}
+
+    # --- party side ----------------------------------------------------------------------------------------
+    @classmethod
+    def party_hooks(cls, instructions: dict[str, Any], payload: NamedTensors, party: str) -> PartyHooks:
+        """Build the party-side hooks from what ``party_instructions``/``round_payload`` sent."""
+        return PartyHooks()
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state to checkpoint (optimizer moments, control variates), tagged with the strategy name."""
+        return {"strategy": self.registered_name}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; refuses state saved by another strategy, naming both."""
+        saved = state.get("strategy")
+        if saved != self.registered_name:
+            raise ValueError(f"checkpoint holds state of strategy {saved!r}, cannot load it into {self.registered_name!r}")
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def weighted_sum_into(acc: NamedTensors | None, tensors: NamedTensors, weight: float) -> NamedTensors:
+    """``acc + weight · tensors`` in float32, allocating ``acc`` on first use (the running-sum primitive)."""
+    if acc is None:
+        return {k: v.detach().to(torch.float32) * weight for k, v in tensors.items()}
+    for k, v in tensors.items():
+        acc[k].add_(v.detach().to(torch.float32), alpha=weight)
+    return acc
