@@ -67,6 +67,10 @@ class Strategy(ABC):
     def finalize(self) -> NamedTensors:
         """Return the new global state; called once per round after at least one ``accumulate``."""
 
+    def state_for_party(self, party: str, global_state: NamedTensors) -> NamedTensors:
+        """What ``party`` receives this round (its update is validated against it); the global state by default."""
+        return global_state
+
     def round_payload(self) -> NamedTensors:
         """Extra tensors every selected party receives with this round's task (e.g. SCAFFOLD's ``c``)."""
         return {}
@@ -77,8 +81,18 @@ class Strategy(ABC):
 
     # --- party side ----------------------------------------------------------------------------------------
     @classmethod
-    def party_hooks(cls, instructions: dict[str, Any], payload: NamedTensors, party: str) -> PartyHooks:
-        """Build the party-side hooks from what ``party_instructions``/``round_payload`` sent."""
+    def party_hooks(
+        cls,
+        instructions: dict[str, Any],
+        payload: NamedTensors,
+        party: str,
+        global_state: NamedTensors,
+        party_state: dict[str, Any],
+    ) -> PartyHooks:
+        """Build the party-side hooks from what ``party_instructions``/``round_payload`` sent.
+
+        ``party_state`` is one dict the party keeps across the whole run (e.g. SCAFFOLD's ``c_k``).
+        """
         return PartyHooks()
 
     # --- persistence ---------------------------------------------------------------------------------------

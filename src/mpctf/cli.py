@@ -1,0 +1,136 @@
+"""The ``mpctf`` command. Every expected failure prints one line per problem and exits with its family's code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mpctf.errors import EXIT_CODES, Interrupted, MpctfError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="MPCTF: multi-party collaborative training of large language models.\n\nExit codes: "
+    + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
+)
+err = Console(stderr=True)
+out = Console()
+
+ConfigArg = Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)]
+
+
+def _fail(exc: MpctfError) -> None:
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn MpctfError and Ctrl-C into one-line messages and exit codes instead of tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MpctfError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            _fail(Interrupted("interrupted; processes stopped, completed rounds are kept in the run directory"))
+
+    return wrapper
+
+
+@app.command()
+@friendly
+def validate(config: ConfigArg) -> None:
+    """Check a config: every problem on its own line, exit code 2 if any."""
+    from mpctf.config import load_config
+
+    cfg = load_config(config)
+    out.print(f"{config}: valid ({len(cfg.parties)} parties, {cfg.federation.rounds} rounds, "
+              f"strategy {cfg.federation.strategy.name}, backend {cfg.backend.name})")
+
+
+@app.command()
+@friendly
+def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Show each party's data volume and per-round chunk plan (for data readable on this machine)."""
+    from mpctf.config import load_config
+    from mpctf.party.planning import local_plans
+
+    plans = local_plans(load_config(config))
+    if as_json:
+        out.print_json(json.dumps({name: vars(p) for name, p in plans.items()}))
+        return
+    out.print(plan_table(list(plans.values())))
+
+
+def plan_table(plans: list[Any]) -> Table:
+    table = Table(title="Per-round data plan")
+    for col in ("party", "samples", "tokens", "chunk", "micro-batch", "accum.", "rounds/epoch", "est. peak / avail."):
+        table.add_column(col)
+    for p in plans:
+        mem = "—"
+        if p.est_peak_bytes is not None and p.available_bytes is not None:
+            mem = f"{p.est_peak_bytes / 2**30:.2f} / {p.available_bytes / 2**30:.2f} GiB"
+        table.add_row(p.party, str(p.num_samples), str(p.num_tokens), str(p.chunk_samples), str(p.micro_batch),
+                      str(p.grad_accum), str(p.rounds_per_epoch), mem)
+    return table
+
+
+@app.command()
+@friendly
+def launch(
+    config: Annotated[Path | None, typer.Argument(help="The run's YAML config.", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last round.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run (default: output_dir/name-time).")] = None,
+) -> None:
+    """Start the whole federation (server and every party), show progress, tear everything down at the end."""
+    from mpctf.api import run
+    from mpctf.config import load_config
+    from mpctf.errors import ConfigError
+    from mpctf.party.planning import local_plans
+    from mpctf.report.progress import ProgressView
+
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {resume} is not a run directory (no config.yaml)")
+        cfg, target = load_config(resume / "config.yaml"), resume
+    elif config is not None:
+        cfg, target = load_config(config), run_dir
+    else:
+        raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
+    try:
+        out.print(plan_table(list(local_plans(cfg).values())))
+    except MpctfError as exc:  # parties' data may live on other hosts; the server plans from their reports
+        err.print(f"(no local plan: {exc})")
+    with ProgressView(cfg.federation.rounds, err) as view:
+        result = run(cfg, run_dir=target, resume=resume is not None, listeners=[view])
+    out.print(f"run directory: {result.run_dir}")
+    out.print(f"accuracy: {result.initial_accuracy:.4f} before training → {result.final_accuracy:.4f} after "
+              f"round {result.rounds[-1]['round']}; report: {result.run_dir / 'report.md'}")
+
+
+@app.command()
+@friendly
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]) -> None:
+    """Re-render a run's report.md and plots from its metrics."""
+    from mpctf.errors import ConfigError
+    from mpctf.report.render import render_report
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no metrics.jsonl)")
+    out.print(f"wrote {render_report(run_dir)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,309 @@
+"""The run configuration: one YAML file describes a whole federation.
+
+Defaults live here and only here. Validation reports every problem at once, one line each, naming the key, what
+is wrong and what is allowed, before any model is loaded. Pluggable families (strategies, codecs, splits,
+chunking) are written as ``{name: ..., <their own params>}``; the name is checked against its registry and the
+params against that class's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mpctf.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PartyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginSpec(BaseModel):
+    """``{name: ..., **params}`` for one member of a registry; the params are checked by :func:`resolve_spec`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(Strict):
+    #: ``smollm2-135m-instruct`` (built in), ``tiny-llama`` (random 2-layer model for tests), a local folder, or a
+    #: Hugging Face id already in the local cache.
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LoraConfig(Strict):
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class TrainingConfig(Strict):
+    mode: Literal["lora"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    #: Optimizer steps per round at most; by default one pass over the round's chunk.
+    local_steps: PositiveInt | None = None
+    max_length: Annotated[int, Field(ge=8)] = 128
+    #: Torch CPU threads per party process; by default the host's cores shared among its party processes.
+    threads: PositiveInt | None = None
+
+
+class TaskConfig(Strict):
+    type: Literal["classification"] = "classification"
+    prompt: str = "{text}"
+    text_field: str = "text"
+    label_field: str = "label"
+    #: Label value in the data → the answer text the model should produce (the verbalizer).
+    labels: dict[str, str] = Field(min_length=2)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_fields(cls, prompt: str) -> str:
+        if not re.search(r"\{[A-Za-z_][A-Za-z0-9_]*\}", prompt):
+            raise ValueError("must contain at least one {field} placeholder, e.g. '{text}'")
+        return prompt
+
+
+class DatasetConfig(Strict):
+    """Either a built-in dataset or a file of the party's own (CSV or JSON Lines)."""
+
+    builtin: Literal["rotten_tomatoes"] | None = None
+    path: Path | None = None
+    #: Use at most this many rows (a deterministic sample), for quick experiments.
+    max_samples: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of `builtin` or `path`")
+        return self
+
+
+class EvalConfig(Strict):
+    #: Share of the built-in dataset held out for testing (whole key groups, disjoint from every party).
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    #: Hold out whole groups of this field (e.g. ``movie_name``) so no test group is seen in training.
+    group_by: str | None = None
+    #: Or a file of test rows of the same format.
+    path: Path | None = None
+    max_samples: PositiveInt | None = 300
+    batch_size: PositiveInt = 32
+
+
+class DataConfig(Strict):
+    dataset: DatasetConfig | None = None
+    #: How a shared dataset is assigned to parties (simulations); ignored for parties with their own files.
+    split: PluginSpec = PluginSpec(name="iid")
+    #: How each party's data is cut into per-round chunks.
+    partition: PluginSpec = PluginSpec(name="fixed_size", size=64)
+    eval: EvalConfig = EvalConfig()
+
+
+class PartyConfig(Strict):
+    name: PartyName
+    #: The party's own data; without it the party gets its share of ``data.dataset``.
+    data: DatasetConfig | None = None
+
+
+class FederationConfig(Strict):
+    rounds: PositiveInt = 3
+    #: Parties sampled per round (uniformly, seeded); all parties by default.
+    parties_per_round: PositiveInt | None = None
+    #: A round whose accepted updates are fewer than this fails.
+    min_parties: PositiveInt = 1
+    round_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    strategy: PluginSpec = PluginSpec(name="fedavg")
+    #: Updates whose L2 norm exceeds this are rejected for the round.
+    max_update_norm: Annotated[float, Field(gt=0)] | None = None
+
+
+class BackendConfig(Strict):
+    name: Literal["local", "flower"] = "local"
+
+
+class RunConfig(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "run"
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    task: TaskConfig
+    data: DataConfig = DataConfig()
+    parties: list[PartyConfig] = Field(min_length=1)
+    federation: FederationConfig = FederationConfig()
+    backend: BackendConfig = BackendConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        names = [p.name for p in self.parties]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"party names must be unique; repeated: {', '.join(dupes)}")
+        if self.data.dataset is None and any(p.data is None for p in self.parties):
+            missing = next(p.name for p in self.parties if p.data is None)
+            raise ValueError(f"party {missing!r} has no `data` and there is no shared `data.dataset` to split")
+        fed = self.federation
+        if fed.parties_per_round is not None and fed.parties_per_round > len(self.parties):
+            raise ValueError(
+                f"federation.parties_per_round={fed.parties_per_round} exceeds the {len(self.parties)} parties"
+            )
+        per_round = fed.parties_per_round or len(self.parties)
+        if fed.min_parties > per_round:
+            raise ValueError(f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round")
+        return self
+
+    @property
+    def party_names(self) -> list[str]:
+        return [p.name for p in self.parties]
+
+
+# --- loading and error reporting -------------------------------------------------------------------------------
+
+
+def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
+    """Read and validate a config from a YAML path or a dict; relative paths resolve against the YAML's folder.
+
+    Raises :class:`ConfigError` whose message has one line per problem.
+    """
+    if isinstance(source, dict):
+        raw, base = source, Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        base = path.resolve().parent
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
+    config = _resolve_paths(config, base)
+    problems = _check_plugins(config) + _check_paths(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"config key `{loc}`: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"config key `{loc}`: required but missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"config key `{loc}`: {msg}{shown}" if loc else f"config: {msg}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_spec(registry: Any, spec: PluginSpec, key: str) -> tuple[type, Any]:
+    """The registered class for ``spec.name`` and its validated params; ``ValueError`` with a one-line reason."""
+    try:
+        cls = registry.get(spec.name)
+    except KeyError as exc:
+        raise ValueError(f"config key `{key}.name`: {exc.args[0]}") from None
+    try:
+        params = cls.Params(**spec.params)
+    except ValidationError as exc:
+        lines = [_describe({**e, "loc": (key, *e["loc"])}) for e in exc.errors()]
+        raise ValueError("\n".join(lines)) from None
+    return cls, params
+
+
+def _plugin_specs(config: RunConfig) -> list[tuple[Any, PluginSpec, str]]:
+    from mpctf.aggregation import STRATEGIES
+
+    return [(STRATEGIES, config.federation.strategy, "federation.strategy")]
+
+
+def _check_plugins(config: RunConfig) -> list[str]:
+    problems: list[str] = []
+    for registry, spec, key in _plugin_specs(config):
+        try:
+            resolve_spec(registry, spec, key)
+        except ValueError as exc:
+            problems.extend(str(exc).splitlines())
+    return problems
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    def fix_ds(ds: DatasetConfig | None) -> DatasetConfig | None:
+        return None if ds is None else ds.model_copy(update={"path": fix(ds.path)})
+
+    data = config.data.model_copy(
+        update={
+            "dataset": fix_ds(config.data.dataset),
+            "eval": config.data.eval.model_copy(update={"path": fix(config.data.eval.path)}),
+        }
+    )
+    parties = [p.model_copy(update={"data": fix_ds(p.data)}) for p in config.parties]
+    model_path = base / config.model.name
+    model = config.model.model_copy(update={"name": str(model_path.resolve())}) if model_path.exists() else config.model
+    return config.model_copy(
+        update={"data": data, "parties": parties, "output_dir": fix(config.output_dir), "model": model}
+    )
+
+
+def _check_paths(config: RunConfig) -> list[str]:
+    checks: list[tuple[str, Path | None]] = [
+        ("data.dataset.path", config.data.dataset.path if config.data.dataset else None),
+        ("data.eval.path", config.data.eval.path),
+    ]
+    checks += [(f"parties.{i}.data.path", p.data.path if p.data else None) for i, p in enumerate(config.parties)]
+    return [f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()]
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (what the run directory records)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

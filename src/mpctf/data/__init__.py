@@ -1,0 +1,1 @@
+"""Data: sources, splits across parties, per-round chunking, and task formats."""

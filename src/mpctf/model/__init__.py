@@ -1,0 +1,1 @@
+"""Model loading and the trainable state (what a party trains and ships)."""

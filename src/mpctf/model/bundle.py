@@ -1,0 +1,46 @@
+"""A loaded model ready to train: base model wrapped by its training mode, tokenizer, device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from mpctf.config import RunConfig
+from mpctf.errors import ConfigError
+from mpctf.model.loading import load_model, load_tokenizer
+from mpctf.model.modes import MODES, TrainingMode
+
+
+def pick_device() -> torch.device:
+    """The first CUDA device when there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass
+class ModelBundle:
+    model: torch.nn.Module
+    tokenizer: object
+    mode: TrainingMode
+    device: torch.device
+    load_seconds: float
+
+    @classmethod
+    def load(cls, config: RunConfig) -> ModelBundle:
+        """Load the configured model once; the same seed gives every process the same initial trainable state."""
+        start = time.perf_counter()
+        tokenizer = load_tokenizer(config.model.name)
+        base = load_model(config.model, seed=config.seed, vocab_size=len(tokenizer))
+        mode = MODES.get(config.training.mode)(config.training)
+        try:
+            model = mode.prepare(base, seed=config.seed)
+        except ValueError as exc:
+            raise ConfigError(f"config key `{exc}`") from None
+        device = pick_device()
+        model.to(device)
+        return cls(model, tokenizer, mode, device, time.perf_counter() - start)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)  # type: ignore[attr-defined]

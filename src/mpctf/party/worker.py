@@ -1,0 +1,98 @@
+"""A party's long-lived worker: loads the model and its own data once, then serves the server's requests.
+
+Two requests exist. ``describe`` (once, before round 1) returns the party's data volume so the server can plan
+every party's per-round chunk; ``train`` loads the global state, trains on this round's chunk and returns
+``local − global``. The same class serves the in-process ``local`` backend and the Flower party process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from mpctf.aggregation import STRATEGIES
+from mpctf.config import RunConfig, load_config, resolve_spec
+from mpctf.data.chunking import PartyPlan, chunk_indices
+from mpctf.data.federated import FederatedData
+from mpctf.data.tasks import ClassificationTask
+from mpctf.messages import RoundTask, Update, pack
+from mpctf.model.bundle import ModelBundle
+from mpctf.party.planning import party_stats
+from mpctf.party.trainer import TrainSettings, train_round
+from mpctf.runtime.base import PartyHandler
+
+
+class PartyWorker:
+    def __init__(self, config: RunConfig, party: str, *, bundle: ModelBundle | None = None, threads: int | None = None):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.config = config
+        self.party = party
+        self.bundle = bundle if bundle is not None else ModelBundle.load(config)
+        self.task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
+        rows = FederatedData(config).party_rows(party)
+        self.examples = self.task.encode_all(rows, f"party {party!r} data")
+        self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
+        #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
+        self.party_state: dict[str, Any] = {}
+        self._reported_load = False
+
+    def handle(self, payload: bytes) -> bytes:
+        """Serve one serialized request; the reply is serialized the same way."""
+        task = RoundTask.from_bytes(payload)
+        if task.instructions.get("op") == "describe":
+            return self.describe()
+        return self.train(task).to_bytes()
+
+    def describe(self) -> bytes:
+        stats = party_stats(self.examples)
+        return pack({}, {"kind": "describe", "party": self.party, **dataclasses.asdict(stats)})
+
+    def train(self, task: RoundTask) -> Update:
+        plan = PartyPlan(**task.instructions["plan"])
+        lengths = [len(e.input_ids) for e in self.examples]
+        chosen = chunk_indices(plan, lengths, task.round, self.config.seed)
+        chunk = [self.examples[i] for i in chosen]
+        bundle = self.bundle
+        bundle.mode.set_state(bundle.model, task.state)
+        hooks = self.strategy_cls.party_hooks(
+            task.instructions.get("strategy", {}), task.extra, self.party, task.state, self.party_state
+        )
+        train = self.config.training
+        settings = TrainSettings(
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            micro_batch=plan.micro_batch,
+            grad_accum=plan.grad_accum,
+            max_steps=train.local_steps,
+            seed=self.config.seed * 100_003 + task.round,
+        )
+        stats = train_round(bundle, chunk, settings, hooks)
+        local = bundle.mode.get_state(bundle.model)
+        delta = {k: local[k].float() - task.state[k].float() for k in task.state}
+        metrics = {
+            "loss": stats.loss,
+            "train_seconds": stats.seconds,
+            "steps": float(stats.steps),
+            "chunk_samples": float(len(chunk)),
+        }
+        if not self._reported_load:
+            metrics["model_load_seconds"] = bundle.load_seconds
+            self._reported_load = True
+        extra = hooks.after_training(local, task.state, stats.steps, train.lr)
+        return Update(
+            party=self.party,
+            round=task.round,
+            tensors=delta,
+            num_samples=stats.samples,
+            num_tokens=stats.tokens,
+            metrics=metrics,
+            extra=extra,
+        )
+
+
+def make_handler(config: str, party: str, threads: str | None = None) -> PartyHandler:
+    """Factory for a party process: load everything once, return the request handler."""
+    return PartyWorker(load_config(config), party, threads=int(threads) if threads else None).handle

@@ -1,0 +1,1 @@
+"""Metrics store, progress display and the run report."""

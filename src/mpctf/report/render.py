@@ -1,0 +1,108 @@
+"""The run report: ``report.md`` with a table per round and per party, and PNG plots of accuracy and loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpctf.report.metrics import Record, read_metrics
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _rounds_table(rounds: list[Record]) -> list[str]:
+    lines = [
+        "| round | accuracy | eval loss | wall s | bytes down (MB) | bytes up (MB) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r['round']} | {r.get('accuracy', float('nan')):.4f} | {r.get('eval_loss', float('nan')):.4f} | "
+            f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(r.get('cumulative_bytes_up', 0))} |"
+        )
+    return lines
+
+
+def _parties_table(parties: list[Record]) -> list[str]:
+    lines = [
+        "| round | party | status | loss | samples | tokens | train s | round trip s | up (kB) | down (kB) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in parties:
+        loss = f"{p['loss']:.4f}" if "loss" in p else "—"
+        status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p.get('reason', '')}"
+        lines.append(
+            f"| {p['round']} | {p['party']} | {status} | {loss} | {p.get('samples', 0)} | {p.get('tokens', 0)} | "
+            f"{p.get('train_seconds', 0):.1f} | {p.get('seconds', 0):.1f} | {p.get('bytes_up', 0) / 1e3:.1f} | "
+            f"{p.get('bytes_down', 0) / 1e3:.1f} |"
+        )
+    return lines
+
+
+def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["round"] for r in rounds], [r.get("accuracy") for r in rounds], marker="o")
+    ax.set(xlabel="round", ylabel="accuracy", title="Global accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+    written.append("accuracy.png")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["round"] for r in rounds], [r.get("eval_loss") for r in rounds], marker="o", label="eval (global)")
+    for name in sorted({p["party"] for p in parties}):
+        mine = [p for p in parties if p["party"] == name and "loss" in p]
+        ax.plot([p["round"] for p in mine], [p["loss"] for p in mine], marker=".", alpha=0.7, label=f"train {name}")
+    ax.set(xlabel="round", ylabel="loss", title="Loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+    written.append("loss.png")
+    return written
+
+
+def render_report(run_dir: Path) -> Path:
+    """(Re)write ``report.md`` and its plots from ``metrics.jsonl``; returns the report's path."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    rounds = [r for r in records if r["event"] == "round"]
+    parties = [r for r in records if r["event"] == "party_round"]
+    plans = [r for r in records if r["event"] == "plan"]
+    start = next((r for r in records if r["event"] == "run_start"), {})
+    lines = [f"# Run report: {start.get('name', run_dir.name)}", ""]
+    if rounds:
+        first, last = rounds[0], rounds[-1]
+        lines += [
+            f"Accuracy {first.get('accuracy', 0):.4f} at round {first['round']} → {last.get('accuracy', 0):.4f} at "
+            f"round {last['round']}. Bytes moved: {_mb(last.get('cumulative_bytes_down', 0))} MB down, "
+            f"{_mb(last.get('cumulative_bytes_up', 0))} MB up. Server model load: "
+            f"{start.get('server_model_load_seconds', 0):.1f} s.",
+            "",
+        ]
+    if plans:
+        lines += ["## Data plan", "", "| party | samples | tokens | chunk | micro-batch | accumulation | rounds/epoch |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"| {p['party']} | {p['num_samples']} | {p['num_tokens']} | {p['chunk_samples']} | {p['micro_batch']} | "
+            f"{p['grad_accum']} | {p['rounds_per_epoch']} |"
+            for p in plans
+        ]
+        lines.append("")
+    lines += ["## Rounds", "", *_rounds_table(rounds), "", "## Parties", "", *_parties_table(parties), ""]
+    loads = [p for p in parties if "model_load_seconds" in p]
+    if loads:
+        lines += ["Model load per party process (once per run): " +
+                  ", ".join(f"{p['party']} {p['model_load_seconds']:.1f} s" for p in loads), ""]
+    if rounds:
+        lines += [f"![{name}]({name})" for name in _plot(rounds, parties, run_dir)]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""The server side: the round loop, evaluation, checkpoints."""

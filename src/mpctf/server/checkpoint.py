@@ -1,0 +1,53 @@
+"""Checkpoints: after every completed round, the global state (also in PEFT format) and the server's state.
+
+A crash costs at most the round in flight: ``latest`` is replaced atomically only after a checkpoint is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpctf.messages import NamedTensors
+from mpctf.model.bundle import ModelBundle
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    global_state: NamedTensors
+    strategy_state: dict[str, Any]
+
+
+def round_dir(run_dir: Path, round_num: int) -> Path:
+    return run_dir / "checkpoints" / f"round-{round_num:04d}"
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint, bundle: ModelBundle) -> Path:
+    """Write the round's checkpoint, then point ``checkpoints/latest.json`` at it."""
+    folder = round_dir(run_dir, ckpt.round)
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle.mode.save(bundle.model, ckpt.global_state, folder / "adapter")
+    tmp = folder / "server_state.pt.tmp"
+    torch.save({"round": ckpt.round, "global_state": ckpt.global_state, "strategy": ckpt.strategy_state}, tmp)
+    os.replace(tmp, folder / "server_state.pt")
+    pointer = run_dir / "checkpoints" / "latest.json"
+    pointer_tmp = pointer.with_suffix(".json.tmp")
+    pointer_tmp.write_text(json.dumps({"round": ckpt.round, "path": folder.name}))
+    os.replace(pointer_tmp, pointer)
+    return folder
+
+
+def load_latest(run_dir: Path) -> Checkpoint | None:
+    """The last completed round's checkpoint, or ``None`` when the run has none yet."""
+    pointer = run_dir / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoints" / json.loads(pointer.read_text())["path"]
+    data = torch.load(folder / "server_state.pt", weights_only=False)
+    return Checkpoint(round=int(data["round"]), global_state=data["global_state"], strategy_state=data["strategy"])

@@ -1,0 +1,186 @@
+"""The round loop, written once for every backend.
+
+    describe ─▶ plan chunks ─▶ evaluate round 0 ─▶ for each round:
+        select parties ─▶ send state + instructions ─▶ validate / accumulate each update as it arrives
+        ─▶ finalize ─▶ evaluate ─▶ checkpoint ─▶ metrics
+
+Everything algorithmic is delegated (strategy, chunk planner, evaluator); this module only orders the steps and
+records what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpctf.aggregation import STRATEGIES, Strategy
+from mpctf.aggregation.validate import validate_update
+from mpctf.config import RunConfig, dump_config, resolve_spec
+from mpctf.data.chunking import PartyDataStats, PartyPlan
+from mpctf.data.federated import FederatedData
+from mpctf.data.tasks import ClassificationTask
+from mpctf.errors import FederationError, UpdateRejected
+from mpctf.messages import NamedTensors, RoundTask, Update, unpack
+from mpctf.model.bundle import ModelBundle
+from mpctf.party.planning import make_plans
+from mpctf.report.metrics import MetricsLog, Record
+from mpctf.runtime.base import Backend, PartyReply
+from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
+from mpctf.server.evaluate import Evaluator
+
+
+@dataclass
+class RunResult:
+    """What ``mpctf.run`` returns: the run directory and the per-round records."""
+
+    run_dir: Path
+    rounds: list[Record] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.rounds[-1].get("accuracy") if self.rounds else None
+
+    @property
+    def initial_accuracy(self) -> float | None:
+        first = next((r for r in self.rounds if r["round"] == 0), None)
+        return first.get("accuracy") if first else None
+
+
+def select_parties(available: list[str], per_round: int | None, seed: int, round_num: int) -> list[str]:
+    """A seeded uniform sample of ``per_round`` parties (all when ``None``), sorted."""
+    if per_round is None or per_round >= len(available):
+        return sorted(available)
+    return sorted(random.Random(f"select:{seed}:{round_num}").sample(sorted(available), per_round))
+
+
+class RoundLoop:
+    def __init__(
+        self,
+        config: RunConfig,
+        backend: Backend,
+        run_dir: Path,
+        *,
+        bundle: ModelBundle | None = None,
+        listeners: list[Callable[[Record], None]] | None = None,
+    ) -> None:
+        self.config, self.backend, self.run_dir = config, backend, run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = MetricsLog(run_dir / "metrics.jsonl", listeners)
+        cls, params = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
+        self.strategy: Strategy = cls(params)
+        self.bundle = bundle if bundle is not None else ModelBundle.load(config)
+        task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
+        eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
+        self.evaluate = Evaluator(self.bundle, task, eval_examples, config.data.eval.batch_size)
+        self.cumulative = {"bytes_down": 0, "bytes_up": 0}
+
+    # --- setup --------------------------------------------------------------------------------------------------
+    def plan(self) -> dict[str, PartyPlan]:
+        """Ask every party for its data volume, then plan each party's per-round chunk."""
+        describe = RoundTask(round=0, state={}, instructions={"op": "describe"}).to_bytes()
+        parties = self.backend.party_names()
+        stats: dict[str, PartyDataStats] = {}
+        for reply in self.backend.train_round(dict.fromkeys(parties, describe), self.config.federation.round_timeout_s):
+            if reply.payload is None:
+                raise FederationError(f"party {reply.party!r} could not describe its data: {reply.error}")
+            _, header = unpack(reply.payload)
+            stats[reply.party] = PartyDataStats(num_samples=header["num_samples"], token_lengths=header["token_lengths"])
+        plans = make_plans(self.config, stats)
+        for plan in plans.values():
+            self.log.write("plan", **dataclasses.asdict(plan))
+        return plans
+
+    # --- one round -------------------------------------------------------------------------------------------------
+    def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
+        fed = self.config.federation
+        selected = select_parties(self.backend.party_names(), fed.parties_per_round, self.config.seed, round_num)
+        if len(selected) < fed.min_parties:
+            raise FederationError(
+                f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
+            )
+        self.strategy.begin_round(round_num, state)
+        sent = {p: self.strategy.state_for_party(p, state) for p in selected}
+        instructions = {"op": "train", "strategy": self.strategy.party_instructions()}
+        payload = self.strategy.round_payload()
+        tasks = {
+            p: RoundTask(round_num, sent[p], {**instructions, "plan": dataclasses.asdict(plans[p])}, payload).to_bytes()
+            for p in selected
+        }
+        accepted = 0
+        for reply in self.backend.train_round(tasks, fed.round_timeout_s):
+            record = self._receive(round_num, reply, sent[reply.party], len(tasks[reply.party]))
+            accepted += record["status"] == "ok"
+            self.log.write("party_round", **record)
+        if accepted < fed.min_parties:
+            raise FederationError(
+                f"round {round_num}: {accepted} of {len(selected)} updates accepted, federation.min_parties="
+                f"{fed.min_parties}; the run can resume from round {round_num - 1}"
+            )
+        return self.strategy.finalize()
+
+    def _receive(self, round_num: int, reply: PartyReply, reference: NamedTensors, bytes_down: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"round": round_num, "party": reply.party, "seconds": reply.seconds}
+        record["bytes_down"] = bytes_down
+        record["bytes_up"] = len(reply.payload) if reply.payload is not None else 0
+        self.cumulative["bytes_down"] += bytes_down
+        self.cumulative["bytes_up"] += record["bytes_up"]
+        if reply.payload is None:
+            return {**record, "status": "failed", "reason": reply.error}
+        try:
+            update = Update.from_bytes(reply.payload)
+            if update.party != reply.party or update.round != round_num:
+                raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
+            norm = validate_update(update, reference, max_norm=self.config.federation.max_update_norm)
+            self.strategy.accumulate(update)
+        except (ValueError, UpdateRejected) as exc:
+            return {**record, "status": "rejected", "reason": str(exc)}
+        return {
+            **record,
+            "status": "ok",
+            "samples": update.num_samples,
+            "tokens": update.num_tokens,
+            "update_norm": norm,
+            **update.metrics,
+        }
+
+    # --- the run -------------------------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> RunResult:
+        (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+        result = RunResult(self.run_dir)
+        ckpt = load_latest(self.run_dir) if resume else None
+        self.log.write("run_start", name=self.config.name, resumed_from=ckpt.round if ckpt else None,
+                       server_model_load_seconds=self.bundle.load_seconds, parties=self.backend.party_names())
+        plans = self.plan()
+        if ckpt is None:
+            state = self.bundle.mode.get_state(self.bundle.model)
+            result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
+            start = 1
+        else:
+            state = ckpt.global_state
+            self.strategy.load_state_dict(ckpt.strategy_state)
+            start = ckpt.round + 1
+        for round_num in range(start, self.config.federation.rounds + 1):
+            began = time.perf_counter()
+            state = self.run_round(round_num, state, plans)
+            train_done = time.perf_counter()
+            scores = self.evaluate(state)
+            save_checkpoint(self.run_dir, Checkpoint(round_num, state, self.strategy.state_dict()), self.bundle)
+            result.rounds.append(
+                self.log.write(
+                    "round",
+                    round=round_num,
+                    **scores,
+                    seconds=time.perf_counter() - began,
+                    train_phase_seconds=train_done - began,
+                    cumulative_bytes_down=self.cumulative["bytes_down"],
+                    cumulative_bytes_up=self.cumulative["bytes_up"],
+                )
+            )
+        self.log.write("run_end", rounds=self.config.federation.rounds, final_accuracy=result.final_accuracy)
+        self.backend.close()
+        return result

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support import tiny_config_dict
+from mpctf.config import load_config
+from mpctf.errors import ConfigError
+
+
+def _errors(cfg) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.exit_code == 2
+    return str(info.value).splitlines()
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    cfg = load_config(tiny_config_dict(tmp_path))
+    assert cfg.party_names == ["alice", "bob"]
+    assert cfg.federation.strategy.name == "fedavg"
+
+
+def test_unknown_key_names_key_and_allowed(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["federation"]["roundz"] = 3
+    (line,) = _errors(cfg)
+    assert line.startswith("config key `federation.roundz`: unknown key; allowed here: rounds,")
+
+
+def test_bad_value_names_key_and_value(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"federation.rounds": 0}))
+    assert line == "config key `federation.rounds`: Input should be greater than or equal to 1 (got 0)"
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 0, "training.lr": -1})
+    lines = _errors(cfg)
+    assert len(lines) == 2
+    assert any("training.lr" in x for x in lines) and any("federation.rounds" in x for x in lines)
+
+
+def test_unknown_strategy_lists_known(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"federation.strategy": {"name": "fedadgrad"}}))
+    assert "config key `federation.strategy.name`: unknown strategy 'fedadgrad'; known:" in line
+    assert "fedavg" in line
+
+
+def test_bad_strategy_param(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"federation.strategy": {"name": "fedavg", "weight": "x"}}))
+    assert line.startswith("config key `federation.strategy.weight`:")
+
+
+def test_missing_data_file_names_party_key(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["parties"][1]["data"] = {"path": "nowhere.csv"}
+    (line,) = _errors(cfg)
+    assert line.startswith("config key `parties.1.data.path`: file not found:")
+
+
+def test_duplicate_party_names(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["parties"] = [{"name": "a"}, {"name": "a"}]
+    (line,) = _errors(cfg)
+    assert "repeated: a" in line
+
+
+def test_yaml_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("text,category\nok,fresh\n")
+    cfg = tiny_config_dict(tmp_path)
+    cfg["parties"][0]["data"] = {"path": "d.csv"}
+    path = tmp_path / "sub" / "c.yaml"
+    path.parent.mkdir()
+    cfg["parties"][0]["data"]["path"] = "../d.csv"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path).parties[0].data.path == (tmp_path / "d.csv").resolve()
+
+
+def test_broken_yaml_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("a: [1, 2\n")
+    (line,) = _errors(path)
+    assert "not valid YAML at line" in line
+
+
+def test_shipped_examples_validate() -> None:
+    for path in sorted(Path(__file__).parents[1].joinpath("examples").glob("*.yaml")):
+        load_config(path)
