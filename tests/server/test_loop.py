@@ -1,0 +1,93 @@
+"""The round loop against hand-computed values, with scripted parties (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpctf.config import load_config
+from mpctf.errors import FederationError
+from mpctf.messages import RoundTask, Update, pack
+from mpctf.model.bundle import ModelBundle
+from mpctf.report.metrics import read_metrics
+from mpctf.runtime.local import LocalBackend
+from mpctf.server.loop import RoundLoop, select_parties
+from support import tiny_config_dict
+
+
+def scripted(party: str, value: float, samples: int, *, corrupt: bool = False):
+    """A party that reports ``value`` in every coordinate as its delta, for ``samples`` samples."""
+
+    def handle(payload: bytes) -> bytes:
+        task = RoundTask.from_bytes(payload)
+        if task.instructions["op"] == "describe":
+            return pack({}, {"kind": "describe", "party": party, "num_samples": 40, "token_lengths": [10] * 40})
+        fill = float("nan") if corrupt else value
+        delta = {k: torch.full_like(v, fill) for k, v in task.state.items()}
+        return Update(party, task.round, delta, num_samples=samples, num_tokens=samples * 10,
+                      metrics={"loss": 1.0}).to_bytes()
+
+    return handle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    return ModelBundle.load(load_config(tiny_config_dict(tmp_path_factory.mktemp("b"))))
+
+
+def _loop(tmp_path: Path, bundle: ModelBundle, handlers, **overrides) -> RoundLoop:
+    cfg = load_config(tiny_config_dict(tmp_path, **overrides))
+    return RoundLoop(cfg, LocalBackend(handlers), tmp_path / "run", bundle=bundle)
+
+
+def test_loop_applies_sample_weighted_fedavg_each_round(tmp_path: Path, bundle: ModelBundle) -> None:
+    initial = bundle.mode.get_state(bundle.model)
+    loop = _loop(tmp_path, bundle, {"alice": scripted("alice", 1.0, 1), "bob": scripted("bob", 3.0, 3)})
+    result = loop.run()
+    # Each round moves every coordinate by (1·1 + 3·3) / 4 = 2.5; two rounds → +5.
+    final = torch.load(tmp_path / "run/checkpoints/round-0002/server_state.pt")["global_state"]
+    for key, value in initial.items():
+        assert torch.allclose(final[key], value + 5.0, atol=1e-5)
+    assert [r["round"] for r in result.rounds] == [0, 1, 2]
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    parties = [r for r in records if r["event"] == "party_round"]
+    assert len(parties) == 4 and all(r["status"] == "ok" for r in parties)
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in parties)
+    last = result.rounds[-1]
+    assert last["cumulative_bytes_up"] == sum(r["bytes_up"] for r in parties)
+
+
+def test_corrupt_update_is_rejected_and_round_goes_on(tmp_path: Path, bundle: ModelBundle) -> None:
+    initial = bundle.mode.get_state(bundle.model)
+    handlers = {"alice": scripted("alice", 1.0, 1), "bob": scripted("bob", 3.0, 3, corrupt=True)}
+    _loop(tmp_path, bundle, handlers, **{"federation.rounds": 1}).run()
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    bob = next(r for r in records if r["event"] == "party_round" and r["party"] == "bob")
+    assert bob["status"] == "rejected" and "NaN" in bob["reason"]
+    final = torch.load(tmp_path / "run/checkpoints/round-0001/server_state.pt")["global_state"]
+    key = next(iter(initial))
+    assert torch.allclose(final[key], initial[key] + 1.0, atol=1e-5)
+
+
+def test_crashing_party_is_recorded_and_min_parties_enforced(tmp_path: Path, bundle: ModelBundle) -> None:
+    def crash(payload: bytes) -> bytes:
+        if RoundTask.from_bytes(payload).instructions["op"] == "describe":
+            return scripted("bob", 0, 1)(payload)
+        raise RuntimeError("disk on fire")
+
+    handlers = {"alice": scripted("alice", 1.0, 1), "bob": crash}
+    loop = _loop(tmp_path, bundle, handlers, **{"federation.rounds": 1, "federation.min_parties": 2})
+    with pytest.raises(FederationError, match="1 of 2 updates accepted"):
+        loop.run()
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    bob = next(r for r in records if r["event"] == "party_round" and r["party"] == "bob")
+    assert bob["status"] == "failed" and "disk on fire" in bob["reason"]
+
+
+def test_select_parties_is_seeded_and_sized() -> None:
+    names = [f"p{i}" for i in range(10)]
+    a = select_parties(names, 3, seed=1, round_num=2)
+    assert a == select_parties(names, 3, seed=1, round_num=2) and len(a) == 3
+    assert select_parties(names, None, seed=1, round_num=2) == names
