@@ -1,0 +1,16 @@
+"""Update codecs. Importing this package registers every built-in codec."""
+
+from mpctf.comm.accounting import fp32_bytes, tensor_bytes
+from mpctf.comm.base import CODECS, Codec, CodecParams
+from mpctf.comm.chain import CodecChain, StageSpec, build_codec
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "CodecChain",
+    "CodecParams",
+    "StageSpec",
+    "build_codec",
+    "fp32_bytes",
+    "tensor_bytes",
+]
