@@ -85,11 +85,16 @@ class FederatedData:
         split = self.config.data.split
         train_rows = [shared[i] for i in self._train]
         labels = [r.get(self.config.task.label_field, "") for r in train_rows]
-        key = split.params.get("key")
-        keys = [r.get(key, "") for r in train_rows] if isinstance(key, str) else None
+        # `key` names the row field that groups rows; the split method itself only sees the key values.
+        params = dict(split.params)
+        key = params.pop("key", None)
+        if key is not None and train_rows and key not in train_rows[0]:
+            raise DataError(f"data.split.key: rows have no field {key!r}; fields: {', '.join(train_rows[0])}")
+        keys = [r[key] for r in train_rows] if key is not None else None
         try:
             shares = assign_to_parties(
-                split.name, split.params, len(sharing), labels=labels, keys=keys, seed=self.config.seed
+                split.name, params, len(sharing), labels=labels, keys=keys, seed=self.config.seed,
+                num_rows=len(train_rows),
             )
         except ValueError as exc:
             raise DataError(f"data.split: {exc}") from None

@@ -8,7 +8,7 @@ single thread keeps the figures steady on a busy machine.
 
 Run from the repository root::
 
-    PYTHONPATH=src python benchmarks/codecs.py [--repeats 7] [--rounds 20] [--seed 0] [--threads 1]
+    PYTHONPATH=src python benchmarks/codec_sizes.py [--repeats 7] [--rounds 20] [--seed 0] [--threads 1]
 """
 
 from __future__ import annotations
