@@ -13,8 +13,13 @@ def tiny_config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "seed": 0,
         "output_dir": str(tmp_path / "runs"),
         "model": {"name": "tiny-llama"},
-        "training": {"batch_size": 4, "lr": 5e-3, "max_length": 64, "local_steps": 3,
-                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        "training": {
+            "batch_size": 4,
+            "lr": 5e-3,
+            "max_length": 64,
+            "local_steps": 3,
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        },
         "task": {
             "prompt": "Movie review: {text}\nIs this review positive or negative? Answer:",
             "text_field": "text",

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import tiny_config_dict
 from mpctf.config import load_config
 from mpctf.errors import ConfigError
+from support import tiny_config_dict
 
 
 def _errors(cfg) -> list[str]:
@@ -47,7 +47,9 @@ def test_unknown_strategy_lists_known(tmp_path: Path) -> None:
 
 
 def test_bad_strategy_param(tmp_path: Path) -> None:
-    (line,) = _errors(tiny_config_dict(tmp_path, **{"federation.strategy": {"name": "fedavg", "weight": "x"}}))
+    (line,) = _errors(
+        tiny_config_dict(tmp_path, **{"federation.strategy": {"name": "fedavg", "weight": "x"}})
+    )
     assert line.startswith("config key `federation.strategy.weight`:")
 
 
@@ -86,3 +88,11 @@ def test_broken_yaml_one_line(tmp_path: Path) -> None:
 def test_shipped_examples_validate() -> None:
     for path in sorted(Path(__file__).parents[1].joinpath("examples").glob("*.yaml")):
         load_config(path)
+
+
+def test_unknown_codec_and_bad_codec_param(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["communication"] = {"uplink": [{"name": "int7"}, {"name": "topk", "fraction": 2.0}]}
+    lines = _errors(cfg)
+    assert lines[0].startswith("config key `communication.uplink.0.name`: unknown codec 'int7'; known:")
+    assert lines[1].startswith("config key `communication.uplink.1.fraction`:")

@@ -5,15 +5,25 @@ from mpctf.messages import RoundTask, Update, pack, unpack
 
 
 def test_pack_roundtrip_keeps_dtypes_and_header() -> None:
-    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([1, -2], dtype=torch.int8)}
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": torch.tensor([1, -2], dtype=torch.int8),
+    }
     back, header = unpack(pack(tensors, {"x": 1}))
     assert header == {"x": 1}
     assert back["b"].dtype == torch.int8 and torch.equal(back["a"], tensors["a"])
 
 
 def test_update_roundtrip_with_extra() -> None:
-    upd = Update("p", 3, {"w": torch.ones(2)}, num_samples=5, num_tokens=50, metrics={"loss": 0.5},
-                 extra={"c": torch.zeros(1)})
+    upd = Update(
+        "p",
+        3,
+        {"w": torch.ones(2)},
+        num_samples=5,
+        num_tokens=50,
+        metrics={"loss": 0.5},
+        extra={"c": torch.zeros(1)},
+    )
     back = Update.from_bytes(upd.to_bytes())
     assert (back.party, back.round, back.num_samples, back.num_tokens) == ("p", 3, 5, 50)
     assert back.metrics == {"loss": 0.5} and set(back.extra) == {"c"} and set(back.tensors) == {"w"}

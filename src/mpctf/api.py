@@ -24,7 +24,9 @@ def new_run_dir(config: RunConfig) -> Path:
     return path
 
 
-def run_local(config: RunConfig, run_dir: Path, *, resume: bool, listeners: list[Callable[[Record], None]]) -> RunResult:
+def run_local(
+    config: RunConfig, run_dir: Path, *, resume: bool, listeners: list[Callable[[Record], None]]
+) -> RunResult:
     """All parties in this process, sharing one loaded model (each loads the global state before training)."""
     from mpctf.model.bundle import ModelBundle
     from mpctf.party.worker import PartyWorker

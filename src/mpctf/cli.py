@@ -43,7 +43,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MpctfError as exc:
             _fail(exc)
         except KeyboardInterrupt:
-            _fail(Interrupted("interrupted; processes stopped, completed rounds are kept in the run directory"))
+            _fail(
+                Interrupted("interrupted; processes stopped, completed rounds are kept in the run directory")
+            )
 
     return wrapper
 
@@ -55,13 +57,18 @@ def validate(config: ConfigArg) -> None:
     from mpctf.config import load_config
 
     cfg = load_config(config)
-    out.print(f"{config}: valid ({len(cfg.parties)} parties, {cfg.federation.rounds} rounds, "
-              f"strategy {cfg.federation.strategy.name}, backend {cfg.backend.name})")
+    out.print(
+        f"{config}: valid ({len(cfg.parties)} parties, {cfg.federation.rounds} rounds, "
+        f"strategy {cfg.federation.strategy.name}, backend {cfg.backend.name})"
+    )
 
 
 @app.command()
 @friendly
-def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def plan(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Show each party's data volume and per-round chunk plan (for data readable on this machine)."""
     from mpctf.config import load_config
     from mpctf.party.planning import local_plans
@@ -75,14 +82,31 @@ def plan(config: ConfigArg, as_json: Annotated[bool, typer.Option("--json", help
 
 def plan_table(plans: list[Any]) -> Table:
     table = Table(title="Per-round data plan")
-    for col in ("party", "samples", "tokens", "chunk", "micro-batch", "accum.", "rounds/epoch", "est. peak / avail."):
+    for col in (
+        "party",
+        "samples",
+        "tokens",
+        "chunk",
+        "micro-batch",
+        "accum.",
+        "rounds/epoch",
+        "est. peak / avail.",
+    ):
         table.add_column(col)
     for p in plans:
         mem = "—"
         if p.est_peak_bytes is not None and p.available_bytes is not None:
             mem = f"{p.est_peak_bytes / 2**30:.2f} / {p.available_bytes / 2**30:.2f} GiB"
-        table.add_row(p.party, str(p.num_samples), str(p.num_tokens), str(p.chunk_samples), str(p.micro_batch),
-                      str(p.grad_accum), str(p.rounds_per_epoch), mem)
+        table.add_row(
+            p.party,
+            str(p.num_samples),
+            str(p.num_tokens),
+            str(p.chunk_samples),
+            str(p.micro_batch),
+            str(p.grad_accum),
+            str(p.rounds_per_epoch),
+            mem,
+        )
     return table
 
 
@@ -90,8 +114,12 @@ def plan_table(plans: list[Any]) -> Table:
 @friendly
 def launch(
     config: Annotated[Path | None, typer.Argument(help="The run's YAML config.", show_default=False)] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its last round.")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run (default: output_dir/name-time).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last round.")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the run (default: output_dir/name-time).")
+    ] = None,
 ) -> None:
     """Start the whole federation (server and every party), show progress, tear everything down at the end."""
     from mpctf.api import run
@@ -115,8 +143,10 @@ def launch(
     with ProgressView(cfg.federation.rounds, err) as view:
         result = run(cfg, run_dir=target, resume=resume is not None, listeners=[view])
     out.print(f"run directory: {result.run_dir}")
-    out.print(f"accuracy: {result.initial_accuracy:.4f} before training → {result.final_accuracy:.4f} after "
-              f"round {result.rounds[-1]['round']}; report: {result.run_dir / 'report.md'}")
+    out.print(
+        f"accuracy: {result.initial_accuracy:.4f} before training → {result.final_accuracy:.4f} after "
+        f"round {result.rounds[-1]['round']}; report: {result.run_dir / 'report.md'}"
+    )
 
 
 @app.command()

@@ -132,6 +132,15 @@ class FederationConfig(Strict):
     max_update_norm: Annotated[float, Field(gt=0)] | None = None
 
 
+class CommunicationConfig(Strict):
+    """Codec chains per direction, applied in order by the sender and undone in reverse by the receiver."""
+
+    #: Party → server, applied to ``local − global``; e.g. ``[{name: topk, fraction: 0.01}, {name: int8}]``.
+    uplink: list[PluginSpec] = Field(default_factory=list)
+    #: Server → party, applied to the global state.
+    downlink: list[PluginSpec] = Field(default_factory=list)
+
+
 class BackendConfig(Strict):
     name: Literal["local", "flower"] = "local"
 
@@ -146,6 +155,7 @@ class RunConfig(Strict):
     data: DataConfig = DataConfig()
     parties: list[PartyConfig] = Field(min_length=1)
     federation: FederationConfig = FederationConfig()
+    communication: CommunicationConfig = CommunicationConfig()
     backend: BackendConfig = BackendConfig()
 
     @model_validator(mode="after")
@@ -156,7 +166,9 @@ class RunConfig(Strict):
             raise ValueError(f"party names must be unique; repeated: {', '.join(dupes)}")
         if self.data.dataset is None and any(p.data is None for p in self.parties):
             missing = next(p.name for p in self.parties if p.data is None)
-            raise ValueError(f"party {missing!r} has no `data` and there is no shared `data.dataset` to split")
+            raise ValueError(
+                f"party {missing!r} has no `data` and there is no shared `data.dataset` to split"
+            )
         fed = self.federation
         if fed.parties_per_round is not None and fed.parties_per_round > len(self.parties):
             raise ValueError(
@@ -164,7 +176,9 @@ class RunConfig(Strict):
             )
         per_round = fed.parties_per_round or len(self.parties)
         if fed.min_parties > per_round:
-            raise ValueError(f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round")
+            raise ValueError(
+                f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round"
+            )
         return self
 
     @property
@@ -172,7 +186,7 @@ class RunConfig(Strict):
         return [p.name for p in self.parties]
 
 
-# --- loading and error reporting -------------------------------------------------------------------------------
+# --- loading and error reporting ----------------------------------------------------------------
 
 
 def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
@@ -260,8 +274,14 @@ def resolve_spec(registry: Any, spec: PluginSpec, key: str) -> tuple[type, Any]:
 
 def _plugin_specs(config: RunConfig) -> list[tuple[Any, PluginSpec, str]]:
     from mpctf.aggregation import STRATEGIES
+    from mpctf.comm import CODECS
 
-    return [(STRATEGIES, config.federation.strategy, "federation.strategy")]
+    comm = config.communication
+    return [
+        (STRATEGIES, config.federation.strategy, "federation.strategy"),
+        *[(CODECS, spec, f"communication.uplink.{i}") for i, spec in enumerate(comm.uplink)],
+        *[(CODECS, spec, f"communication.downlink.{i}") for i, spec in enumerate(comm.downlink)],
+    ]
 
 
 def _check_plugins(config: RunConfig) -> list[str]:
@@ -289,7 +309,11 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     )
     parties = [p.model_copy(update={"data": fix_ds(p.data)}) for p in config.parties]
     model_path = base / config.model.name
-    model = config.model.model_copy(update={"name": str(model_path.resolve())}) if model_path.exists() else config.model
+    model = (
+        config.model.model_copy(update={"name": str(model_path.resolve())})
+        if model_path.exists()
+        else config.model
+    )
     return config.model_copy(
         update={"data": data, "parties": parties, "output_dir": fix(config.output_dir), "model": model}
     )
@@ -300,8 +324,12 @@ def _check_paths(config: RunConfig) -> list[str]:
         ("data.dataset.path", config.data.dataset.path if config.data.dataset else None),
         ("data.eval.path", config.data.eval.path),
     ]
-    checks += [(f"parties.{i}.data.path", p.data.path if p.data else None) for i, p in enumerate(config.parties)]
-    return [f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()]
+    checks += [
+        (f"parties.{i}.data.path", p.data.path if p.data else None) for i, p in enumerate(config.parties)
+    ]
+    return [
+        f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()
+    ]
 
 
 def dump_config(config: RunConfig) -> str:

@@ -71,7 +71,9 @@ class RoundTask:
     extra: NamedTensors = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        return pack(_join_extra(self.state, self.extra), {"kind": "task", "round": self.round, **self.instructions})
+        return pack(
+            _join_extra(self.state, self.extra), {"kind": "task", "round": self.round, **self.instructions}
+        )
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> RoundTask:

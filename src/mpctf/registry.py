@@ -28,7 +28,9 @@ class Registry(Generic[T]):
 
         def add(cls: type[T]) -> type[T]:
             if name in self._items:
-                raise ValueError(f"{self.family} {name!r} is already registered by {self._items[name].__name__}")
+                raise ValueError(
+                    f"{self.family} {name!r} is already registered by {self._items[name].__name__}"
+                )
             self._items[name] = cls
             cls.registered_name = name  # type: ignore[attr-defined]
             return cls

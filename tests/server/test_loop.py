@@ -23,11 +23,14 @@ def scripted(party: str, value: float, samples: int, *, corrupt: bool = False):
     def handle(payload: bytes) -> bytes:
         task = RoundTask.from_bytes(payload)
         if task.instructions["op"] == "describe":
-            return pack({}, {"kind": "describe", "party": party, "num_samples": 40, "token_lengths": [10] * 40})
+            return pack(
+                {}, {"kind": "describe", "party": party, "num_samples": 40, "token_lengths": [10] * 40}
+            )
         fill = float("nan") if corrupt else value
         delta = {k: torch.full_like(v, fill) for k, v in task.state.items()}
-        return Update(party, task.round, delta, num_samples=samples, num_tokens=samples * 10,
-                      metrics={"loss": 1.0}).to_bytes()
+        return Update(
+            party, task.round, delta, num_samples=samples, num_tokens=samples * 10, metrics={"loss": 1.0}
+        ).to_bytes()
 
     return handle
 

@@ -39,7 +39,9 @@ class PartyHooks:
     def adjust_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
         return None
 
-    def after_training(self, local: NamedTensors, global_state: NamedTensors, steps: int, lr: float) -> NamedTensors:
+    def after_training(
+        self, local: NamedTensors, global_state: NamedTensors, steps: int, lr: float
+    ) -> NamedTensors:
         return {}
 
 
@@ -54,7 +56,7 @@ class Strategy(ABC):
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
-    # --- server side -------------------------------------------------------------------------------------
+    # --- server side -----------------------------------------------------------------------------
     @abstractmethod
     def begin_round(self, round_num: int, global_state: NamedTensors) -> None:
         """Reset per-round accumulators; ``global_state`` is the state sent to the parties this round."""
@@ -79,7 +81,7 @@ class Strategy(ABC):
         """JSON-able settings the party-side hooks need (e.g. FedProx's ``mu``)."""
         return {}
 
-    # --- party side ----------------------------------------------------------------------------------------
+    # --- party side ------------------------------------------------------------------------------
     @classmethod
     def party_hooks(
         cls,
@@ -95,7 +97,7 @@ class Strategy(ABC):
         """
         return PartyHooks()
 
-    # --- persistence ---------------------------------------------------------------------------------------
+    # --- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Server-side state to checkpoint (optimizer moments, control variates), tagged with the strategy name."""
         return {"strategy": self.registered_name}
@@ -104,7 +106,9 @@ class Strategy(ABC):
         """Restore :meth:`state_dict`; refuses state saved by another strategy, naming both."""
         saved = state.get("strategy")
         if saved != self.registered_name:
-            raise ValueError(f"checkpoint holds state of strategy {saved!r}, cannot load it into {self.registered_name!r}")
+            raise ValueError(
+                f"checkpoint holds state of strategy {saved!r}, cannot load it into {self.registered_name!r}"
+            )
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")

@@ -28,7 +28,9 @@ def validate_update(update: Update, reference: NamedTensors, *, max_norm: float 
     for name, ref in reference.items():
         tensor = update.tensors[name]
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise UpdateRejected(f"{who}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}")
+            raise UpdateRejected(
+                f"{who}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}"
+            )
         if not tensor.dtype.is_floating_point:
             raise UpdateRejected(f"{who}: tensor {name!r} has dtype {tensor.dtype}, expected a floating type")
         if not bool(torch.isfinite(tensor).all()):

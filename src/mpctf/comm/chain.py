@@ -26,6 +26,11 @@ def build_codec(name: str, params: Mapping[str, Any] | None = None) -> Codec:
     return cls(cls.Params.model_validate(dict(params or {})))
 
 
+def chain_from_specs(specs: Sequence[Any]) -> CodecChain:
+    """A chain from config entries that have ``name`` and ``params`` (``mpctf.config.PluginSpec``)."""
+    return CodecChain([(spec.name, spec.params) for spec in specs])
+
+
 class CodecChain:
     """Codec stages applied in order by :meth:`encode` and in reverse by :meth:`decode`.
 

@@ -15,7 +15,9 @@ from mpctf.data.splits import assign_to_parties
 from mpctf.errors import DataError
 
 
-def _holdout(rows: Sequence[Row], fraction: float, group_by: str | None, seed: int) -> tuple[list[int], list[int]]:
+def _holdout(
+    rows: Sequence[Row], fraction: float, group_by: str | None, seed: int
+) -> tuple[list[int], list[int]]:
     """(train indices, test indices); with ``group_by`` whole groups go to the test side."""
     rng = random.Random(f"holdout:{seed}")
     if group_by is None:
@@ -58,7 +60,9 @@ class FederatedData:
             else:
                 self._shared = load_rows(ds, self.config.seed)
                 ev = self.config.data.eval
-                self._train, self._test = _holdout(self._shared, ev.test_fraction, ev.group_by, self.config.seed)
+                self._train, self._test = _holdout(
+                    self._shared, ev.test_fraction, ev.group_by, self.config.seed
+                )
         return self._shared
 
     def eval_rows(self) -> list[Row]:
@@ -93,12 +97,19 @@ class FederatedData:
         keys = [r[key] for r in train_rows] if key is not None else None
         try:
             shares = assign_to_parties(
-                split.name, params, len(sharing), labels=labels, keys=keys, seed=self.config.seed,
+                split.name,
+                params,
+                len(sharing),
+                labels=labels,
+                keys=keys,
+                seed=self.config.seed,
                 num_rows=len(train_rows),
             )
         except ValueError as exc:
             raise DataError(f"data.split: {exc}") from None
         rows = [train_rows[i] for i in shares[sharing.index(party)]]
         if not rows:
-            raise DataError(f"party {party!r} received no rows from data.split; use fewer parties or another split")
+            raise DataError(
+                f"party {party!r} received no rows from data.split; use fewer parties or another split"
+            )
         return rows

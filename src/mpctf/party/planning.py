@@ -31,5 +31,7 @@ def local_plans(config: RunConfig) -> dict[str, PartyPlan]:
     """Plans computed on this machine, for parties whose data is readable here (simulations, ``mpctf plan``)."""
     task = ClassificationTask(config.task, load_tokenizer(config.model.name), config.training.max_length)
     data = FederatedData(config)
-    stats = {p: party_stats(task.encode_all(data.party_rows(p), f"party {p!r} data")) for p in config.party_names}
+    stats = {
+        p: party_stats(task.encode_all(data.party_rows(p), f"party {p!r} data")) for p in config.party_names
+    }
     return make_plans(config, stats)

@@ -33,7 +33,9 @@ class TrainSettings:
     seed: int
 
 
-def train_round(bundle: ModelBundle, examples: Sequence[Example], settings: TrainSettings, hooks: PartyHooks) -> TrainStats:
+def train_round(
+    bundle: ModelBundle, examples: Sequence[Example], settings: TrainSettings, hooks: PartyHooks
+) -> TrainStats:
     """Train on ``examples`` in the given order: micro-batches, gradient accumulation, fresh AdamW per round.
 
     The optimizer is re-created each round because its moments belong to the previous global state; server-side
@@ -53,7 +55,10 @@ def train_round(bundle: ModelBundle, examples: Sequence[Example], settings: Trai
     for step in range(steps):
         step_examples = examples[step * per_step : (step + 1) * per_step]
         optimizer.zero_grad(set_to_none=True)
-        micro = [step_examples[i : i + settings.micro_batch] for i in range(0, len(step_examples), settings.micro_batch)]
+        micro = [
+            step_examples[i : i + settings.micro_batch]
+            for i in range(0, len(step_examples), settings.micro_batch)
+        ]
         for chunk in micro:
             batch = collate(chunk, bundle.pad_id).to(device)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -69,5 +74,9 @@ def train_round(bundle: ModelBundle, examples: Sequence[Example], settings: Trai
         optimizer.step()
     model.eval()
     return TrainStats(
-        loss=loss_sum / max(samples, 1), samples=samples, tokens=tokens, steps=steps, seconds=time.perf_counter() - start
+        loss=loss_sum / max(samples, 1),
+        samples=samples,
+        tokens=tokens,
+        steps=steps,
+        seconds=time.perf_counter() - start,
     )

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mpctf.aggregation import STRATEGIES
+from mpctf.comm import chain_from_specs
 from mpctf.config import RunConfig, load_config, resolve_spec
 from mpctf.data.chunking import PartyPlan, chunk_indices
 from mpctf.data.federated import FederatedData
@@ -25,7 +26,9 @@ from mpctf.runtime.base import PartyHandler
 
 
 class PartyWorker:
-    def __init__(self, config: RunConfig, party: str, *, bundle: ModelBundle | None = None, threads: int | None = None):
+    def __init__(
+        self, config: RunConfig, party: str, *, bundle: ModelBundle | None = None, threads: int | None = None
+    ):
         if threads is not None:
             torch.set_num_threads(threads)
         self.config = config
@@ -35,6 +38,10 @@ class PartyWorker:
         rows = FederatedData(config).party_rows(party)
         self.examples = self.task.encode_all(rows, f"party {party!r} data")
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
+        self.uplink = chain_from_specs(config.communication.uplink)
+        self.downlink = chain_from_specs(config.communication.downlink)
+        #: The uplink codecs' state across rounds (e.g. the top-k error-feedback residual).
+        self.uplink_state: dict[int, dict[str, Any]] = {}
         #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
         self.party_state: dict[str, Any] = {}
         self._reported_load = False
@@ -56,9 +63,10 @@ class PartyWorker:
         chosen = chunk_indices(plan, lengths, task.round, self.config.seed)
         chunk = [self.examples[i] for i in chosen]
         bundle = self.bundle
-        bundle.mode.set_state(bundle.model, task.state)
+        received = self.downlink.decode(task.state, task.instructions["downlink"])
+        bundle.mode.set_state(bundle.model, received)
         hooks = self.strategy_cls.party_hooks(
-            task.instructions.get("strategy", {}), task.extra, self.party, task.state, self.party_state
+            task.instructions.get("strategy", {}), task.extra, self.party, received, self.party_state
         )
         train = self.config.training
         settings = TrainSettings(
@@ -71,7 +79,8 @@ class PartyWorker:
         )
         stats = train_round(bundle, chunk, settings, hooks)
         local = bundle.mode.get_state(bundle.model)
-        delta = {k: local[k].float() - task.state[k].float() for k in task.state}
+        delta = {k: local[k].float() - received[k].float() for k in received}
+        encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)
         metrics = {
             "loss": stats.loss,
             "train_seconds": stats.seconds,
@@ -81,15 +90,16 @@ class PartyWorker:
         if not self._reported_load:
             metrics["model_load_seconds"] = bundle.load_seconds
             self._reported_load = True
-        extra = hooks.after_training(local, task.state, stats.steps, train.lr)
+        extra = hooks.after_training(local, received, stats.steps, train.lr)
         return Update(
             party=self.party,
             round=task.round,
-            tensors=delta,
+            tensors=encoded,
             num_samples=stats.samples,
             num_tokens=stats.tokens,
             metrics=metrics,
             extra=extra,
+            header={"uplink": uplink_header},
         )
 
 

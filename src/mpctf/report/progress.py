@@ -43,8 +43,11 @@ class ProgressView:
             self.status = "planned"
         elif event == "party_round":
             self.parties.setdefault(record["party"], {}).update(
-                status=record["status"], loss=record.get("loss"), round=record["round"],
-                up=record.get("bytes_up", 0), seconds=record.get("seconds", 0.0),
+                status=record["status"],
+                loss=record.get("loss"),
+                round=record["round"],
+                up=record.get("bytes_up", 0),
+                seconds=record.get("seconds", 0.0),
             )
             self.status = f"round {record['round']}/{self.total}: {record['party']} {record['status']}"
         elif event == "round":
@@ -72,12 +75,19 @@ class ProgressView:
             table.add_column(col)
         for name, p in sorted(self.parties.items()):
             loss = p.get("loss")
-            table.add_row(name, str(p.get("round", "—")), p.get("status", "—"),
-                          f"{loss:.4f}" if isinstance(loss, float) else "—",
-                          f"{p.get('up', 0) / 1e3:.1f}", f"{p.get('seconds', 0.0):.1f}")
+            table.add_row(
+                name,
+                str(p.get("round", "—")),
+                p.get("status", "—"),
+                f"{loss:.4f}" if isinstance(loss, float) else "—",
+                f"{p.get('up', 0) / 1e3:.1f}",
+                f"{p.get('seconds', 0.0):.1f}",
+            )
         lines = [
-            Text(f"round {r['round']}: accuracy {r.get('accuracy', float('nan')):.4f}, eval loss "
-                 f"{r.get('eval_loss', float('nan')):.4f}, up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB")
+            Text(
+                f"round {r['round']}: accuracy {r.get('accuracy', float('nan')):.4f}, eval loss "
+                f"{r.get('eval_loss', float('nan')):.4f}, up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB"
+            )
             for r in self.rounds
         ]
         return Group(table, *lines)

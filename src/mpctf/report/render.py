@@ -13,13 +13,15 @@ def _mb(n: float) -> str:
 
 def _rounds_table(rounds: list[Record]) -> list[str]:
     lines = [
-        "| round | accuracy | eval loss | wall s | bytes down (MB) | bytes up (MB) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| round | accuracy | eval loss | wall s | total down (MB) | total up (MB) | up vs fp32 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
+        up, fp32 = r.get("cumulative_bytes_up", 0), r.get("cumulative_bytes_up_fp32", 0)
+        ratio = f"{fp32 / up:.1f}× smaller" if up and fp32 else "—"
         lines.append(
             f"| {r['round']} | {r.get('accuracy', float('nan')):.4f} | {r.get('eval_loss', float('nan')):.4f} | "
-            f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(r.get('cumulative_bytes_up', 0))} |"
+            f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(up)} | {ratio} |"
         )
     return lines
 
@@ -56,10 +58,18 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
     plt.close(fig)
     written.append("accuracy.png")
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r["round"] for r in rounds], [r.get("eval_loss") for r in rounds], marker="o", label="eval (global)")
+    ax.plot(
+        [r["round"] for r in rounds], [r.get("eval_loss") for r in rounds], marker="o", label="eval (global)"
+    )
     for name in sorted({p["party"] for p in parties}):
         mine = [p for p in parties if p["party"] == name and "loss" in p]
-        ax.plot([p["round"] for p in mine], [p["loss"] for p in mine], marker=".", alpha=0.7, label=f"train {name}")
+        ax.plot(
+            [p["round"] for p in mine],
+            [p["loss"] for p in mine],
+            marker=".",
+            alpha=0.7,
+            label=f"train {name}",
+        )
     ax.set(xlabel="round", ylabel="loss", title="Loss")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -88,8 +98,12 @@ def render_report(run_dir: Path) -> Path:
             "",
         ]
     if plans:
-        lines += ["## Data plan", "", "| party | samples | tokens | chunk | micro-batch | accumulation | rounds/epoch |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Data plan",
+            "",
+            "| party | samples | tokens | chunk | micro-batch | accumulation | rounds/epoch |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         lines += [
             f"| {p['party']} | {p['num_samples']} | {p['num_tokens']} | {p['chunk_samples']} | {p['micro_batch']} | "
             f"{p['grad_accum']} | {p['rounds_per_epoch']} |"
@@ -99,8 +113,11 @@ def render_report(run_dir: Path) -> Path:
     lines += ["## Rounds", "", *_rounds_table(rounds), "", "## Parties", "", *_parties_table(parties), ""]
     loads = [p for p in parties if "model_load_seconds" in p]
     if loads:
-        lines += ["Model load per party process (once per run): " +
-                  ", ".join(f"{p['party']} {p['model_load_seconds']:.1f} s" for p in loads), ""]
+        lines += [
+            "Model load per party process (once per run): "
+            + ", ".join(f"{p['party']} {p['model_load_seconds']:.1f} s" for p in loads),
+            "",
+        ]
     if rounds:
         lines += [f"![{name}]({name})" for name in _plot(rounds, parties, run_dir)]
     path = run_dir / "report.md"

@@ -27,7 +27,9 @@ class LocalBackend(Backend):
             try:
                 payload = self.handlers[party](tasks[party])
             except Exception as exc:  # a failing party must not stop the round; the loop records why
-                yield PartyReply(party, None, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+                yield PartyReply(
+                    party, None, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
+                )
                 continue
             elapsed = time.perf_counter() - start
             if elapsed > timeout_s:

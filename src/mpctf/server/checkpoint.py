@@ -50,4 +50,6 @@ def load_latest(run_dir: Path) -> Checkpoint | None:
         return None
     folder = run_dir / "checkpoints" / json.loads(pointer.read_text())["path"]
     data = torch.load(folder / "server_state.pt", weights_only=False)
-    return Checkpoint(round=int(data["round"]), global_state=data["global_state"], strategy_state=data["strategy"])
+    return Checkpoint(
+        round=int(data["round"]), global_state=data["global_state"], strategy_state=data["strategy"]
+    )

@@ -12,7 +12,9 @@ from mpctf.model.bundle import ModelBundle
 
 
 @torch.no_grad()
-def evaluate_examples(bundle: ModelBundle, task: ClassificationTask, examples: Sequence[Example], batch_size: int) -> dict[str, float]:
+def evaluate_examples(
+    bundle: ModelBundle, task: ClassificationTask, examples: Sequence[Example], batch_size: int
+) -> dict[str, float]:
     """Accuracy and mean answer loss of the model as it is now."""
     model = bundle.model
     model.eval()
@@ -31,7 +33,9 @@ def evaluate_examples(bundle: ModelBundle, task: ClassificationTask, examples: S
 class Evaluator:
     """Evaluates a trainable state on fixed examples (the state is loaded first, so a shared model is fine)."""
 
-    def __init__(self, bundle: ModelBundle, task: ClassificationTask, examples: Sequence[Example], batch_size: int):
+    def __init__(
+        self, bundle: ModelBundle, task: ClassificationTask, examples: Sequence[Example], batch_size: int
+    ):
         self.bundle, self.task, self.examples, self.batch_size = bundle, task, list(examples), batch_size
 
     def __call__(self, state: NamedTensors) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from mpctf.aggregation import STRATEGIES, Strategy
 from mpctf.aggregation.validate import validate_update
+from mpctf.comm import chain_from_specs, fp32_bytes
 from mpctf.config import RunConfig, dump_config, resolve_spec
 from mpctf.data.chunking import PartyDataStats, PartyPlan
 from mpctf.data.federated import FederatedData
@@ -77,28 +78,38 @@ class RoundLoop:
         task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
         eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
         self.evaluate = Evaluator(self.bundle, task, eval_examples, config.data.eval.batch_size)
-        self.cumulative = {"bytes_down": 0, "bytes_up": 0}
+        self.uplink = chain_from_specs(config.communication.uplink)
+        self.downlink = chain_from_specs(config.communication.downlink)
+        #: Downlink codec state per party (e.g. a top-k residual on what that party was sent).
+        self.downlink_state: dict[str, dict[int, dict[str, Any]]] = {}
+        self.cumulative = {"bytes_down": 0, "bytes_up": 0, "bytes_up_fp32": 0}
 
-    # --- setup --------------------------------------------------------------------------------------------------
+    # --- setup -----------------------------------------------------------------------------------
     def plan(self) -> dict[str, PartyPlan]:
         """Ask every party for its data volume, then plan each party's per-round chunk."""
         describe = RoundTask(round=0, state={}, instructions={"op": "describe"}).to_bytes()
         parties = self.backend.party_names()
         stats: dict[str, PartyDataStats] = {}
-        for reply in self.backend.train_round(dict.fromkeys(parties, describe), self.config.federation.round_timeout_s):
+        for reply in self.backend.train_round(
+            dict.fromkeys(parties, describe), self.config.federation.round_timeout_s
+        ):
             if reply.payload is None:
                 raise FederationError(f"party {reply.party!r} could not describe its data: {reply.error}")
             _, header = unpack(reply.payload)
-            stats[reply.party] = PartyDataStats(num_samples=header["num_samples"], token_lengths=header["token_lengths"])
+            stats[reply.party] = PartyDataStats(
+                num_samples=header["num_samples"], token_lengths=header["token_lengths"]
+            )
         plans = make_plans(self.config, stats)
         for plan in plans.values():
             self.log.write("plan", **dataclasses.asdict(plan))
         return plans
 
-    # --- one round -------------------------------------------------------------------------------------------------
+    # --- one round -------------------------------------------------------------------------------
     def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
         fed = self.config.federation
-        selected = select_parties(self.backend.party_names(), fed.parties_per_round, self.config.seed, round_num)
+        selected = select_parties(
+            self.backend.party_names(), fed.parties_per_round, self.config.seed, round_num
+        )
         if len(selected) < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
@@ -107,10 +118,11 @@ class RoundLoop:
         sent = {p: self.strategy.state_for_party(p, state) for p in selected}
         instructions = {"op": "train", "strategy": self.strategy.party_instructions()}
         payload = self.strategy.round_payload()
-        tasks = {
-            p: RoundTask(round_num, sent[p], {**instructions, "plan": dataclasses.asdict(plans[p])}, payload).to_bytes()
-            for p in selected
-        }
+        tasks = {}
+        for p in selected:
+            encoded, header = self.downlink.encode(sent[p], self.downlink_state.setdefault(p, {}))
+            party_instructions = {**instructions, "plan": dataclasses.asdict(plans[p]), "downlink": header}
+            tasks[p] = RoundTask(round_num, encoded, party_instructions, payload).to_bytes()
         accepted = 0
         for reply in self.backend.train_round(tasks, fed.round_timeout_s):
             record = self._receive(round_num, reply, sent[reply.party], len(tasks[reply.party]))
@@ -123,7 +135,9 @@ class RoundLoop:
             )
         return self.strategy.finalize()
 
-    def _receive(self, round_num: int, reply: PartyReply, reference: NamedTensors, bytes_down: int) -> dict[str, Any]:
+    def _receive(
+        self, round_num: int, reply: PartyReply, reference: NamedTensors, bytes_down: int
+    ) -> dict[str, Any]:
         record: dict[str, Any] = {"round": round_num, "party": reply.party, "seconds": reply.seconds}
         record["bytes_down"] = bytes_down
         record["bytes_up"] = len(reply.payload) if reply.payload is not None else 0
@@ -135,12 +149,16 @@ class RoundLoop:
             update = Update.from_bytes(reply.payload)
             if update.party != reply.party or update.round != round_num:
                 raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
+            update.tensors = self.uplink.decode(update.tensors, update.header.get("uplink", {}))
             norm = validate_update(update, reference, max_norm=self.config.federation.max_update_norm)
             self.strategy.accumulate(update)
         except (ValueError, UpdateRejected) as exc:
             return {**record, "status": "rejected", "reason": str(exc)}
+        fp32 = fp32_bytes(update.tensors)
+        self.cumulative["bytes_up_fp32"] += fp32
         return {
             **record,
+            "bytes_up_fp32": fp32,
             "status": "ok",
             "samples": update.num_samples,
             "tokens": update.num_tokens,
@@ -148,13 +166,18 @@ class RoundLoop:
             **update.metrics,
         }
 
-    # --- the run -------------------------------------------------------------------------------------------------
+    # --- the run ---------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> RunResult:
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         result = RunResult(self.run_dir)
         ckpt = load_latest(self.run_dir) if resume else None
-        self.log.write("run_start", name=self.config.name, resumed_from=ckpt.round if ckpt else None,
-                       server_model_load_seconds=self.bundle.load_seconds, parties=self.backend.party_names())
+        self.log.write(
+            "run_start",
+            name=self.config.name,
+            resumed_from=ckpt.round if ckpt else None,
+            server_model_load_seconds=self.bundle.load_seconds,
+            parties=self.backend.party_names(),
+        )
         plans = self.plan()
         if ckpt is None:
             state = self.bundle.mode.get_state(self.bundle.model)
@@ -169,7 +192,9 @@ class RoundLoop:
             state = self.run_round(round_num, state, plans)
             train_done = time.perf_counter()
             scores = self.evaluate(state)
-            save_checkpoint(self.run_dir, Checkpoint(round_num, state, self.strategy.state_dict()), self.bundle)
+            save_checkpoint(
+                self.run_dir, Checkpoint(round_num, state, self.strategy.state_dict()), self.bundle
+            )
             result.rounds.append(
                 self.log.write(
                     "round",
@@ -179,6 +204,7 @@ class RoundLoop:
                     train_phase_seconds=train_done - began,
                     cumulative_bytes_down=self.cumulative["bytes_down"],
                     cumulative_bytes_up=self.cumulative["bytes_up"],
+                    cumulative_bytes_up_fp32=self.cumulative["bytes_up_fp32"],
                 )
             )
         self.log.write("run_end", rounds=self.config.federation.rounds, final_accuracy=result.final_accuracy)
