@@ -1,0 +1,154 @@
+"""The Flower backend: the round loop's :class:`Backend` on top of a Flower ``Grid``.
+
+Parties are found by asking every online node for its party name (a ``query`` message, answered by the ClientApp
+from its node config). A round pushes one ``train`` message per party and pulls replies every ``poll_s`` seconds,
+yielding each as soon as it arrives so the server can aggregate while slower parties still train. (Flower's own
+``send_and_receive`` would return only when all replies are in, and polls every 3 s.) A party whose reply is an
+error, or who has not answered within ``timeout_s``, yields a :class:`PartyReply` with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from mpctf.errors import FederationError
+from mpctf.runtime.base import Backend, PartyReply
+from mpctf.runtime.flower import protocol, wire
+
+K = TypeVar("K", bound=Hashable)
+
+log = logging.getLogger("mpctf.flower")
+
+
+class FlowerBackend(Backend):
+    """Delivers tasks to parties through Flower's SuperLink and yields their replies as they arrive.
+
+    ``clock`` and ``sleep`` are injectable so that tests can drive the pull loop without waiting.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        poll_s: float = 0.5,
+        discovery_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._grid = grid
+        self._poll_s = poll_s
+        self._discovery_timeout_s = discovery_timeout_s
+        self._clock = clock
+        self._sleep = sleep
+        self._party_of: dict[int, str] = {}
+        self._node_of: dict[str, int] = {}
+        self._round = 0
+
+    def party_names(self) -> list[str]:
+        """Names of the parties whose nodes are online now, sorted (new nodes are asked for their name)."""
+        self._discover()
+        return sorted(self._node_of)
+
+    def wait_for_parties(self, minimum: int, timeout_s: float) -> list[str]:
+        """Block until at least ``minimum`` parties are connected; ``FederationError`` after ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        while len(names := self.party_names()) < minimum:
+            if self._clock() >= deadline:
+                raise FederationError(
+                    f"only {len(names)} of {minimum} parties connected within {timeout_s:g} s: {names or 'none'}"
+                )
+            self._sleep(1.0)
+        return names
+
+    def train_round(self, tasks: dict[str, bytes], timeout_s: float) -> Iterator[PartyReply]:
+        """Push every task, then yield one reply per party in the order replies arrive."""
+        self._round += 1
+        messages: dict[str, Message] = {}
+        for party, payload in tasks.items():
+            if (node := self._node_of.get(party)) is not None:
+                content = wire.payload_content(payload, {protocol.META_TIMEOUT_S: float(timeout_s)})
+                messages[party] = Message(
+                    content, node, protocol.TRAIN, ttl=timeout_s, group_id=str(self._round)
+                )
+        exchange = _Exchange(self, messages, timeout_s)  # pushes now, before any reply is yielded
+        for party in tasks.keys() - messages.keys():
+            yield PartyReply(party, None, f"party {party!r} is not connected")
+        for party, reply, seconds in exchange.replies():
+            if isinstance(reply, str):
+                yield PartyReply(party, None, reply, seconds)
+            elif (error := wire.error_of(reply)) is not None:
+                yield PartyReply(party, None, error, seconds)
+            else:
+                yield PartyReply(party, wire.payload_of(reply), None, seconds)
+
+    def _discover(self) -> None:
+        online = set(self._grid.get_node_ids())
+        for node in set(self._party_of) - online:
+            self._forget(node)
+        queries = {
+            node: Message(RecordDict(), node, protocol.QUERY, ttl=self._discovery_timeout_s)
+            for node in online - set(self._party_of)
+        }
+        for node, reply, _ in _Exchange(self, queries, self._discovery_timeout_s).replies():
+            error = reply if isinstance(reply, str) else wire.error_of(reply)
+            if error is not None:
+                log.warning("node %d did not say which party it is: %s", node, error)
+                continue
+            party = str(reply.content.config_records[protocol.RECORD_META][protocol.META_PARTY])
+            previous = self._node_of.get(party)
+            if previous is not None:
+                # A restarted SuperNode gets a new id while its old one still looks online: the newest wins.
+                log.warning("party %r moved from node %d to node %d", party, previous, node)
+                self._party_of.pop(previous, None)
+            self._party_of[node] = party
+            self._node_of[party] = node
+
+    def _forget(self, node: int) -> None:
+        party = self._party_of.pop(node)
+        if self._node_of.get(party) == node:
+            del self._node_of[party]
+
+
+class _Exchange(Generic[K]):
+    """One push of messages and the pulls that collect their replies."""
+
+    def __init__(self, backend: FlowerBackend, messages: dict[K, Message], timeout_s: float) -> None:
+        self._backend = backend
+        self._timeout_s = timeout_s
+        self._start = backend._clock()
+        self._refused: list[K] = []
+        self._pending: dict[str, K] = {}
+        if not messages:
+            return
+        keys = list(messages)
+        ids = list(backend._grid.push_messages([messages[key] for key in keys]))
+        if len(ids) != len(keys):  # Flower returns no ids at all when the SuperLink refuses the request
+            ids = [None] * len(keys)
+        for key, message_id in zip(keys, ids, strict=True):
+            if message_id is None:
+                self._refused.append(key)
+            else:
+                self._pending[message_id] = key
+
+    def replies(self) -> Iterator[tuple[K, Message | str, float]]:
+        """Yield ``(key, reply or error line, seconds since the push began)`` once per message."""
+        clock, pending = self._backend._clock, self._pending
+        for key in self._refused:
+            yield key, "the SuperLink refused the message (too large or malformed)", clock() - self._start
+        deadline = self._start + self._timeout_s
+        while pending:
+            for reply in self._backend._grid.pull_messages(list(pending)):
+                key = pending.pop(reply.metadata.reply_to_message_id, None)
+                if key is not None:
+                    yield key, reply, clock() - self._start
+            if not pending or clock() >= deadline:
+                break
+            self._backend._sleep(min(self._backend._poll_s, max(deadline - clock(), 0.0)))
+        for key in pending.values():
+            yield key, f"no reply within {self._timeout_s:g} s", clock() - self._start
