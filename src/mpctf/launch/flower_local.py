@@ -1,0 +1,250 @@
+"""Run a federation on Flower: everything on this host, or the server side and each party started apart.
+
+:func:`launch_flower_local` starts the SuperLink, one worker and one SuperNode per party, waits until every
+party is online, submits the run with ``flwr run``, calls ``on_tick`` about once a second while the run goes on,
+saves the ServerApp's log to ``RUN_DIR/logs/serverapp.log`` and stops every process, whether the run succeeded,
+failed, or was interrupted (Ctrl-C, SIGTERM, SIGHUP). :func:`launch_flower_server` and :func:`serve_flower_party`
+are the two halves of the same launch for ``mpctf server`` and ``mpctf party`` on separate hosts.
+
+A process that fails to start or dies raises :class:`~mpctf.errors.LaunchError` naming it and quoting the end of
+its log; a run that does not complete raises the driver's own error, or :class:`~mpctf.errors.FederationError`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpctf.errors import ConfigError, FederationError
+from mpctf.launch.flower_services import (
+    CLI_TIMEOUT_S,
+    PartySpec,
+    SuperLink,
+    child_env,
+    flwr,
+    online_parties,
+    start_party,
+    start_superlink,
+    start_supernode,
+    start_worker,
+    wait_until,
+    wait_worker,
+)
+from mpctf.launch.processes import ProcessGroup, signals_raise
+from mpctf.runtime.flower import commands, protocol
+from mpctf.runtime.flower.commands import RunStatus, ServerTls
+
+Tick = Callable[[], None]
+
+#: How often ``on_tick`` is called while a run goes on, and the longest pause between two run-status asks.
+TICK_S = 1.0
+STATUS_EVERY_MAX_S = 10.0
+
+
+@dataclass(frozen=True)
+class FlowerRunResult:
+    """How a Flower run ended."""
+
+    run_id: str
+    status: str
+    seconds: float
+    #: Bytes the SuperLink counted in and out for the run, as ``flwr ls`` reports them.
+    total_bytes: int | None
+    serverapp_log: Path
+    #: Processes that had ended before the teardown (a crashed party, for example), with their exit codes.
+    exited: dict[str, int]
+
+
+def launch_flower_local(
+    run_dir: Path,
+    parties: list[PartySpec],
+    driver: str,
+    settings: Mapping[str, str],
+    *,
+    handler_factory: str,
+    startup_timeout_s: float = 600.0,
+    on_tick: Tick | None = None,
+    tls: ServerTls | None = None,
+    grace_s: float = 5.0,
+) -> FlowerRunResult:
+    """Start a whole federation on this host, run ``driver`` in its ServerApp, tear everything down.
+
+    ``driver`` is ``package.module:function`` called as ``driver(backend, dict(settings))`` once all parties are
+    online; ``handler_factory`` is ``package.module:function`` called once in each party worker with that
+    party's ``handler_kwargs`` to build its request handler. ``startup_timeout_s`` bounds each startup wait
+    (model loading in the workers included).
+    """
+    names = [p.name for p in parties]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"parties must be at least one, with unique names; got {names}")
+    with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
+        link = start_superlink(run_dir, group, tls=tls)
+        # Every worker starts loading its model before the first is waited for.
+        ready = {p.name: start_worker(run_dir, group, p, handler_factory) for p in parties}
+        for name, ready_file in ready.items():
+            address = wait_worker(group, name, ready_file, startup_timeout_s)
+            start_supernode(run_dir, group, name, link.address, address, root_cert=link.root_cert)
+        wait_until(
+            lambda: online_parties(link) >= len(parties),
+            group,
+            startup_timeout_s,
+            f"{len(parties)} SuperNodes to be online",
+            every_s=1.0,
+        )
+        return run_federation(
+            run_dir,
+            group,
+            link,
+            driver,
+            settings,
+            min_parties=len(parties),
+            party_wait_s=startup_timeout_s,
+            on_tick=on_tick,
+        )
+
+
+def launch_flower_server(
+    run_dir: Path,
+    driver: str,
+    settings: Mapping[str, str],
+    *,
+    min_parties: int,
+    host: str = "0.0.0.0",
+    port: int = 9093,
+    tls: ServerTls | None = None,
+    party_wait_s: float = 600.0,
+    on_tick: Tick | None = None,
+    grace_s: float = 5.0,
+) -> FlowerRunResult:
+    """The server side of a split launch: a SuperLink on ``host:port`` and the run, once ``min_parties`` joined.
+
+    The parties join with :func:`serve_flower_party` from their own hosts, before or after this starts; the
+    ServerApp waits up to ``party_wait_s`` for them.
+    """
+    with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
+        link = start_superlink(run_dir, group, host=host, port=port, tls=tls)
+        return run_federation(
+            run_dir,
+            group,
+            link,
+            driver,
+            settings,
+            min_parties=min_parties,
+            party_wait_s=party_wait_s,
+            on_tick=on_tick,
+        )
+
+
+def serve_flower_party(
+    run_dir: Path,
+    party: PartySpec,
+    *,
+    superlink: str,
+    handler_factory: str,
+    root_cert: Path | None = None,
+    startup_timeout_s: float = 600.0,
+    reconnect_s: float = 300.0,
+    on_tick: Tick | None = None,
+    grace_s: float = 5.0,
+) -> int:
+    """One party of a split launch: its worker and SuperNode, served until the federation is gone.
+
+    Returns the SuperNode's exit code once it ends (it gives up ``reconnect_s`` after losing the SuperLink);
+    ``LaunchError`` if the worker dies, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
+    """
+    with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
+        start_party(
+            run_dir,
+            group,
+            party,
+            superlink=superlink,
+            handler_factory=handler_factory,
+            root_cert=root_cert,
+            startup_timeout_s=startup_timeout_s,
+            max_wait_s=reconnect_s,
+        )
+        supernode = f"supernode-{party.name}"
+        while supernode not in group.exited():
+            group.check({f"worker-{party.name}"})
+            if on_tick is not None:
+                on_tick()
+            time.sleep(1.0)
+        return group.exited()[supernode]
+
+
+def run_federation(
+    run_dir: Path,
+    group: ProcessGroup,
+    link: SuperLink,
+    driver: str,
+    settings: Mapping[str, str],
+    *,
+    min_parties: int,
+    party_wait_s: float,
+    on_tick: Tick | None = None,
+) -> FlowerRunResult:
+    """Submit the run to ``link``, follow it to its end, save the ServerApp log; raise if it did not complete."""
+    config_file = run_dir / "flower" / "run-config.toml"
+    config_file.write_text(
+        protocol.run_config(driver, settings, min_parties=min_parties, party_wait_s=party_wait_s)
+    )
+    started = time.monotonic()
+    submitted = commands.parse_json(
+        flwr(link, commands.run_argv(config_file), "submitting the run"), "flwr run"
+    )
+    run_id = commands.run_id_of(submitted)
+    status = _follow(group, link, run_id, on_tick)
+    seconds = time.monotonic() - started
+    log_path = group.log_dir / "serverapp.log"
+    log_path.write_text(flwr(link, commands.log_argv(run_id), "fetching the ServerApp log"))
+    if not status.succeeded:
+        raise commands.run_error(status, log_path)
+    return FlowerRunResult(
+        run_id, f"{status.status}:{status.sub_status}", seconds, status.total_bytes, log_path, group.exited()
+    )
+
+
+def _follow(group: ProcessGroup, link: SuperLink, run_id: str, on_tick: Tick | None) -> RunStatus:
+    """Tick once a second; ask the run's status in the background, less and less often, until it finishes.
+
+    Each ``flwr ls`` costs about a CPU-second on a host that may be training, so the pause between two asks
+    grows from 1 s to :data:`STATUS_EVERY_MAX_S`: a quick failure is seen at once, a long run costs little.
+    """
+    asking: subprocess.Popen[str] | None = None
+    asked_at, pause = 0.0, 1.0
+    try:
+        while True:
+            group.check({"superlink"})
+            now = time.monotonic()
+            if asking is None and now >= asked_at + pause:
+                asking, asked_at, pause = _ask_status(link, run_id), now, min(pause * 1.25, STATUS_EVERY_MAX_S)
+            elif asking is not None and asking.poll() is not None:
+                stdout = asking.stdout.read() if asking.stdout is not None else ""
+                asking = None
+                status = commands.run_status_of(commands.parse_json(stdout, "flwr ls"))
+                if status.finished:
+                    return status
+            elif asking is not None and now > asked_at + CLI_TIMEOUT_S:
+                raise FederationError(f"`flwr ls` gave no run status within {CLI_TIMEOUT_S:g} s")
+            if on_tick is not None:
+                on_tick()
+            time.sleep(TICK_S)
+    finally:
+        if asking is not None:
+            asking.kill()
+            asking.wait()
+
+
+def _ask_status(link: SuperLink, run_id: str) -> subprocess.Popen[str]:
+    # In the background, so that on_tick keeps its pace while the CLI starts (about a second).
+    return subprocess.Popen(
+        commands.status_argv(run_id),
+        env=child_env(link.cli_home),
+        cwd=link.cli_home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )

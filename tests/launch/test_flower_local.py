@@ -1,0 +1,153 @@
+"""The local Flower launcher on real processes: SuperLink, two party workers and SuperNodes, a test driver.
+
+Each run costs about half a minute (Flower's SuperNodes poll every 3 s), so these few tests cover the whole
+path at once: results in arrival order, per-reply seconds, a party crashing mid-run, the driver's own error
+reaching the caller, a worker that fails to start, and no process left behind in every case.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mpctf.errors import DataError, LaunchError
+from mpctf.launch.flower_local import launch_flower_local
+from mpctf.launch.flower_services import PartySpec
+from mpctf.runtime.flower.commands import ServerTls
+
+pytestmark = [pytest.mark.flower, pytest.mark.slow]
+
+FIXTURES = Path(__file__).resolve().parents[1] / "runtime"
+
+
+@pytest.fixture(autouse=True)
+def _fixtures_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers and the ServerApp import the handler factory and driver from tests/runtime/flower_fixtures.py.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))
+
+
+def left_behind(run_dir: Path) -> list[str]:
+    """Live processes started for this launch: every one of them has its FLWR_HOME inside the run directory."""
+    found = []
+    for proc in psutil.process_iter(["status", "cmdline"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and str(run_dir) in proc.environ().get(
+                "FLWR_HOME", ""
+            ):
+                found.append(" ".join(proc.info["cmdline"] or []))
+        except psutil.Error:
+            continue
+    return found
+
+
+def make_tls(folder: Path) -> ServerTls:
+    """A throw-away CA and a SuperLink certificate for 127.0.0.1."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+
+    def issue(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca = issue(ca_name, ca_key.public_key()).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), True
+    )
+    server = issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")]), key.public_key())
+    localhost = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = server.add_extension(localhost, False)
+    tls = ServerTls(folder / "ca.pem", folder / "superlink.pem", folder / "superlink.key")
+    folder.mkdir()
+    tls.ca_cert.write_bytes(ca.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(server.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    tls.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return tls
+
+
+def parties(**extra: dict[str, str]) -> list[PartySpec]:
+    return [PartySpec(name, {"party": name, **extra.get(name, {})}) for name in ("alice", "bob")]
+
+
+def test_two_parties_two_rounds_over_tls(tmp_path: Path) -> None:
+    ticks: list[None] = []
+    out = tmp_path / "out.json"
+    tls = make_tls(tmp_path / "tls")
+    result = launch_flower_local(
+        tmp_path,
+        parties(),
+        "flower_fixtures:record_rounds",
+        {"rounds": "2", "timeout_s": "60", "out": str(out)},
+        handler_factory="flower_fixtures:make_sum_handler",
+        on_tick=lambda: ticks.append(None),
+        tls=tls,
+    )
+    assert result.status == "finished:completed"
+    assert "root-certificates" in (tmp_path / "flower" / "cli" / "config.toml").read_text()
+    assert result.exited == {}
+    assert result.total_bytes and result.total_bytes > 0
+    assert result.serverapp_log == tmp_path / "logs" / "serverapp.log"
+    assert result.serverapp_log.stat().st_size > 0
+    assert len(ticks) >= 5
+    received = json.loads(out.read_text())
+    assert received["parties"] == ["alice", "bob"]
+    # alice gets 1 byte, bob 2 bytes, each of value r in round r.
+    got = {(r["round"], r["party"]): r["payload"] for r in received["replies"]}
+    assert got == {(1, "alice"): "alice:1", (1, "bob"): "bob:2", (2, "alice"): "alice:2", (2, "bob"): "bob:4"}
+    assert all(r["error"] is None and 0 < r["seconds"] < 60 for r in received["replies"])
+    assert left_behind(tmp_path) == []
+
+
+def test_a_party_dying_mid_run_and_the_drivers_error(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    with pytest.raises(DataError, match=r"^driver gave up$"):
+        launch_flower_local(
+            tmp_path,
+            parties(bob={"crash_on_call": "2"}),
+            "flower_fixtures:record_rounds",
+            {"rounds": "2", "timeout_s": "60", "out": str(out), "then_fail": "driver gave up"},
+            handler_factory="flower_fixtures:make_sum_handler",
+        )
+    replies = {(r["round"], r["party"]): r for r in json.loads(out.read_text())["replies"]}
+    assert replies[2, "alice"]["payload"] == "alice:2"
+    crashed = replies[2, "bob"]
+    assert crashed["payload"] is None
+    assert crashed["error"].startswith("party worker at 127.0.0.1:")
+    assert crashed["seconds"] < 60  # the ClientApp noticed the dead worker: no waiting for the timeout
+    assert left_behind(tmp_path) == []
+
+
+def test_a_worker_that_fails_to_start_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError) as caught:
+        launch_flower_local(
+            tmp_path,
+            parties(),
+            "flower_fixtures:record_rounds",
+            {},
+            handler_factory="flower_fixtures:no_such_factory",
+        )
+    message = str(caught.value)
+    assert message.startswith("worker-alice exited with code 1; log ")
+    assert "AttributeError" in message
+    assert "\n" not in message
+    assert left_behind(tmp_path) == []
