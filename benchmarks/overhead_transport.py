@@ -29,9 +29,12 @@ from mpctf.runtime.base import Backend, PartyHandler
 SIZES = {"1 KB": 1_000, "2 MB": 2_000_000, "40 MB": 40_000_000}
 
 
-def make_echo_handler() -> PartyHandler:
-    """The no-op party: replies with the task bytes unchanged."""
-    return lambda payload: payload
+def make_reverse_handler() -> PartyHandler:
+    """The no-op party: replies with the task bytes reversed.
+
+    Not unchanged: Flower addresses chunks by content, and an echoed reply would not be uploaded again.
+    """
+    return lambda payload: payload[::-1]
 
 
 def measure(backend: Backend, settings: dict[str, str]) -> None:
@@ -46,7 +49,7 @@ def measure(backend: Backend, settings: dict[str, str]) -> None:
             started = time.perf_counter()
             replies = list(backend.train_round(tasks, timeout_s=600))
             elapsed = time.perf_counter() - started
-            failed = [f"{r.party}: {r.error}" for r in replies if r.payload != tasks[r.party]]
+            failed = [f"{r.party}: {r.error}" for r in replies if r.payload != tasks[r.party][::-1]]
             if failed:
                 raise RuntimeError(f"{label} round failed: {failed}")
             results[label].append(elapsed)
@@ -70,11 +73,14 @@ def main() -> None:
         [PartySpec(f"p{i}") for i in range(args.parties)],
         "overhead_transport:measure",
         {"rounds": str(args.rounds), "out": str(out)},
-        handler_factory="overhead_transport:make_echo_handler",
+        handler_factory="overhead_transport:make_reverse_handler",
     )
     total = time.perf_counter() - started
     data = json.loads(out.read_text())
-    print(f"Flower transport, {len(data['parties'])} parties, no-op echo handler, {os.cpu_count()} CPUs")
+    parties = len(data["parties"])
+    print(
+        f"Flower transport, {parties} parties, no-op handler (reply = task reversed), {os.cpu_count()} CPUs"
+    )
     print(f"{'payload':>8}  {'s/round (mean)':>14}  {'min':>6}  {'max':>6}  (warm-up)")
     for label, seconds in data["seconds"].items():
         timed = seconds[1:]

@@ -1,8 +1,8 @@
 """The local Flower launcher on real processes: SuperLink, two party workers and SuperNodes, a test driver.
 
 Each run costs about half a minute (Flower's SuperNodes poll every 3 s), so these few tests cover the whole
-path at once: results in arrival order, per-reply seconds, a party crashing mid-run, the driver's own error
-reaching the caller, a worker that fails to start, and no process left behind in every case.
+path at once: the split start over TLS and the local launch, results and per-reply seconds, a party crashing
+mid-run, the driver's own error reaching the caller, a worker that fails to start, and no process left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import json
 import os
+import threading
 from pathlib import Path
 
 import psutil
@@ -21,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mpctf.errors import DataError, LaunchError
-from mpctf.launch.flower_local import launch_flower_local
-from mpctf.launch.flower_services import PartySpec
+from mpctf.launch.flower_local import launch_flower_local, launch_flower_server, serve_flower_party
+from mpctf.launch.flower_services import PartySpec, free_port
 from mpctf.runtime.flower.commands import ServerTls
 
 pytestmark = [pytest.mark.flower, pytest.mark.slow]
@@ -89,25 +90,49 @@ def parties(**extra: dict[str, str]) -> list[PartySpec]:
     return [PartySpec(name, {"party": name, **extra.get(name, {})}) for name in ("alice", "bob")]
 
 
-def test_two_parties_two_rounds_over_tls(tmp_path: Path) -> None:
+def test_split_start_over_tls_two_parties_two_rounds(tmp_path: Path) -> None:
+    """``mpctf server`` and two ``mpctf party`` launches (threads here, hosts in real life), each its own folder."""
+    tls = make_tls(tmp_path / "tls")
+    port = free_port()
+    outcome: dict[str, BaseException | None] = {}
+
+    def serve(party: PartySpec) -> None:
+        try:
+            serve_flower_party(
+                tmp_path / party.name,
+                party,
+                superlink=f"127.0.0.1:{port}",
+                handler_factory="flower_fixtures:make_sum_handler",
+                root_cert=tls.ca_cert,
+                reconnect_s=3,
+            )
+            outcome[party.name] = None
+        except BaseException as exc:
+            outcome[party.name] = exc
+
+    threads = [threading.Thread(target=serve, args=(party,)) for party in parties()]
+    for thread in threads:
+        thread.start()
     ticks: list[None] = []
     out = tmp_path / "out.json"
-    tls = make_tls(tmp_path / "tls")
-    result = launch_flower_local(
-        tmp_path,
-        parties(),
+    result = launch_flower_server(
+        tmp_path / "server",
         "flower_fixtures:record_rounds",
         {"rounds": "2", "timeout_s": "60", "out": str(out)},
-        handler_factory="flower_fixtures:make_sum_handler",
-        on_tick=lambda: ticks.append(None),
+        min_parties=2,
+        host="127.0.0.1",
+        port=port,
         tls=tls,
+        on_tick=lambda: ticks.append(None),
     )
+    for thread in threads:
+        thread.join(timeout=60)  # each party stops reconnect_s after the SuperLink has gone
+    assert outcome == {"alice": None, "bob": None}
     assert result.status == "finished:completed"
-    assert "root-certificates" in (tmp_path / "flower" / "cli" / "config.toml").read_text()
     assert result.exited == {}
     assert result.total_bytes and result.total_bytes > 0
-    assert result.serverapp_log == tmp_path / "logs" / "serverapp.log"
-    assert result.serverapp_log.stat().st_size > 0
+    assert result.serverapp_log == tmp_path / "server" / "logs" / "serverapp.log"
+    assert "Successfully installed mpctf-flower" in result.serverapp_log.read_text()
     assert len(ticks) >= 5
     received = json.loads(out.read_text())
     assert received["parties"] == ["alice", "bob"]

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from mpctf.errors import ConfigError, FederationError
@@ -30,6 +31,7 @@ from mpctf.launch.flower_services import (
     start_superlink,
     start_supernode,
     start_worker,
+    superlink_healthy,
     wait_until,
     wait_worker,
 )
@@ -146,14 +148,15 @@ def serve_flower_party(
     handler_factory: str,
     root_cert: Path | None = None,
     startup_timeout_s: float = 600.0,
-    reconnect_s: float = 300.0,
+    reconnect_s: float = 60.0,
     on_tick: Tick | None = None,
     grace_s: float = 5.0,
-) -> int:
+) -> None:
     """One party of a split launch: its worker and SuperNode, served until the federation is gone.
 
-    Returns the SuperNode's exit code once it ends (it gives up ``reconnect_s`` after losing the SuperLink);
-    ``LaunchError`` if the worker dies, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
+    Waits up to ``startup_timeout_s`` for the SuperLink at ``superlink`` to answer, then serves until it has
+    stopped answering for ``reconnect_s`` (the server's run is over, or its host is lost) and returns.
+    ``LaunchError`` if the worker or the SuperNode dies, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
     """
     with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
         start_party(
@@ -164,15 +167,17 @@ def serve_flower_party(
             handler_factory=handler_factory,
             root_cert=root_cert,
             startup_timeout_s=startup_timeout_s,
-            max_wait_s=reconnect_s,
         )
-        supernode = f"supernode-{party.name}"
-        while supernode not in group.exited():
-            group.check({f"worker-{party.name}"})
+        reachable = partial(superlink_healthy, superlink, root_cert)
+        wait_until(reachable, group, startup_timeout_s, f"the SuperLink at {superlink}", every_s=1.0)
+        last_seen = time.monotonic()
+        while time.monotonic() - last_seen < reconnect_s:
+            group.check()
+            if reachable():
+                last_seen = time.monotonic()
             if on_tick is not None:
                 on_tick()
-            time.sleep(1.0)
-        return group.exited()[supernode]
+            time.sleep(TICK_S)
 
 
 def run_federation(
@@ -220,7 +225,11 @@ def _follow(group: ProcessGroup, link: SuperLink, run_id: str, on_tick: Tick | N
             group.check({"superlink"})
             now = time.monotonic()
             if asking is None and now >= asked_at + pause:
-                asking, asked_at, pause = _ask_status(link, run_id), now, min(pause * 1.25, STATUS_EVERY_MAX_S)
+                asking, asked_at, pause = (
+                    _ask_status(link, run_id),
+                    now,
+                    min(pause * 1.25, STATUS_EVERY_MAX_S),
+                )
             elif asking is not None and asking.poll() is not None:
                 stdout = asking.stdout.read() if asking.stdout is not None else ""
                 asking = None

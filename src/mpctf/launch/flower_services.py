@@ -116,7 +116,7 @@ def start_superlink(
     local = f"127.0.0.1:{port}"
     root_cert = tls.ca_cert if tls is not None else None
     wait_until(
-        lambda: _healthy(local, root_cert),
+        lambda: superlink_healthy(local, root_cert),
         group,
         timeout_s,
         f"the SuperLink to answer on {local}",
@@ -133,7 +133,8 @@ def connect_cli(run_dir: Path, address: str, *, root_cert: Path | None = None) -
     return SuperLink(address, cli_home, root_cert)
 
 
-def _healthy(address: str, root_cert: Path | None) -> bool:
+def superlink_healthy(address: str, root_cert: Path | None = None) -> bool:
+    """Whether the SuperLink at ``host:port`` answers its health check (over TLS when ``root_cert`` is given)."""
     scheme = "http" if root_cert is None else "https"
     context = ssl.create_default_context(cafile=str(root_cert)) if root_cert is not None else None
     try:
@@ -207,15 +208,12 @@ def start_supernode(
     worker_address: str,
     *,
     root_cert: Path | None = None,
-    max_wait_s: float | None = None,
 ) -> None:
     """Start the party's SuperNode, whose ClientApps forward tasks to the worker at ``worker_address``."""
     folder = run_dir / "parties" / party
     node_config = folder / "node-config.toml"
     node_config.write_text(protocol.node_config(party, worker_address, folder / "authkey"))
-    argv = commands.supernode_argv(
-        superlink, free_port(), node_config, root_cert=root_cert, max_wait_s=max_wait_s
-    )
+    argv = commands.supernode_argv(superlink, free_port(), node_config, root_cert=root_cert)
     group.start(f"supernode-{party}", argv, env=child_env(folder / "flower"), cwd=folder)
 
 
@@ -228,11 +226,8 @@ def start_party(
     handler_factory: str,
     root_cert: Path | None = None,
     startup_timeout_s: float = 600.0,
-    max_wait_s: float | None = None,
 ) -> None:
     """Start one party: its worker, then (once the model is loaded) its SuperNode pointing at ``superlink``."""
     ready_file = start_worker(run_dir, group, party, handler_factory)
     address = wait_worker(group, party.name, ready_file, startup_timeout_s)
-    start_supernode(
-        run_dir, group, party.name, superlink, address, root_cert=root_cert, max_wait_s=max_wait_s
-    )
+    start_supernode(run_dir, group, party.name, superlink, address, root_cert=root_cert)

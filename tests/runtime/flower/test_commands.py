@@ -72,11 +72,10 @@ def test_superlink_command_line_with_and_without_tls() -> None:
 
 
 def test_supernode_command_line() -> None:
-    argv = commands.supernode_argv("h:1", 9100, Path("n.toml"), max_wait_s=30)
+    argv = commands.supernode_argv("h:1", 9100, Path("n.toml"))
     assert argv[argv.index("--superlink") + 1] == "h:1"
     assert argv[argv.index("--port") + 1] == "9100"
     assert argv[argv.index("--node-config") + 1] == "n.toml"
-    assert argv[argv.index("--max-wait-time") + 1] == "30"
     assert "--insecure" in argv
     secure = commands.supernode_argv("h:1", 9100, Path("n.toml"), root_cert=Path("ca.pem"))
     assert "--insecure" not in secure

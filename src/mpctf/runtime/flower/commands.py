@@ -74,28 +74,15 @@ def superlink_argv(port: int, *, host: str = "127.0.0.1", tls: ServerTls | None 
 
 
 def supernode_argv(
-    superlink: str,
-    runtime_port: int,
-    node_config_file: Path,
-    *,
-    root_cert: Path | None = None,
-    max_wait_s: float | None = None,
+    superlink: str, runtime_port: int, node_config_file: Path, *, root_cert: Path | None = None
 ) -> list[str]:
     """``flower-supernode`` of one party; ``runtime_port`` must differ between SuperNodes of one host.
 
-    ``max_wait_s`` bounds how long the SuperNode keeps trying to reach an absent SuperLink before it exits.
+    It retries an absent SuperLink forever (and, in Flower 1.41, does not exit even when told to give up): the
+    party launcher decides when the federation is gone.
     """
-    argv = [
-        "flower-supernode",
-        "--superlink",
-        superlink,
-        "--port",
-        str(runtime_port),
-        "--node-config",
-        str(node_config_file),
-    ]
-    if max_wait_s is not None:
-        argv += ["--max-wait-time", str(max_wait_s)]
+    argv = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port)]
+    argv += ["--node-config", str(node_config_file)]
     return [*argv, "--insecure"] if root_cert is None else [*argv, "--root-certificates", str(root_cert)]
 
 
