@@ -51,6 +51,7 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.grace_s = grace_s
         self._children: dict[str, Child] = {}
+        self._stopped: set[int] = set()
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -101,7 +102,8 @@ class ProcessGroup:
     def stop_all(self) -> None:
         """SIGTERM every process group, SIGKILL what is left after the grace period; safe to call twice."""
         with _signals_ignored():
-            groups = [c.pid for c in self._children.values()]
+            # A group already stopped is never signalled again: its id may by now belong to another process.
+            groups = [c.pid for c in self._children.values() if c.pid not in self._stopped]
             for pgid in groups:
                 _signal_group(pgid, signal.SIGTERM)
             self._wait_empty(groups, self.grace_s)
@@ -110,6 +112,7 @@ class ProcessGroup:
             self._wait_empty(groups, _KILL_WAIT_S)  # SIGKILL is asynchronous: return once they are gone
             for child in self._children.values():
                 child.popen.wait()
+            self._stopped.update(groups)
 
     def _wait_empty(self, groups: list[int], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -148,8 +148,13 @@ def test_departed_node_is_forgotten_and_a_restarted_one_wins() -> None:
     assert backend.party_names() == ["a"]
     grid.nodes[3] = party("a")  # "a" restarted under a new node id while the old one still looks online
     assert backend.party_names() == ["a"]
+    asked = len(grid.pushed)
+    assert backend.party_names() == ["a"]
+    assert len(grid.pushed) == asked  # the old id is not asked again
     list(backend.train_round({"a": b""}, timeout_s=5))
     assert grid.pushed[-1].metadata.dst_node_id == 3
+    del grid.nodes[1]  # the old id finally goes offline
+    assert backend.party_names() == ["a"]
 
 
 def test_node_that_does_not_answer_discovery_is_left_out() -> None:

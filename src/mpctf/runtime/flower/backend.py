@@ -76,7 +76,7 @@ class FlowerBackend(Backend):
                 messages[party] = Message(
                     content, node, protocol.TRAIN, ttl=timeout_s, group_id=str(self._round)
                 )
-        exchange = _Exchange(self, messages, timeout_s)  # pushes now, before any reply is yielded
+        exchange = self._exchange(messages, timeout_s)  # pushes now, before any reply is yielded
         for party in tasks.keys() - messages.keys():
             yield PartyReply(party, None, f"party {party!r} is not connected")
         for party, reply, seconds in exchange.replies():
@@ -95,17 +95,16 @@ class FlowerBackend(Backend):
             node: Message(RecordDict(), node, protocol.QUERY, ttl=self._discovery_timeout_s)
             for node in online - set(self._party_of)
         }
-        for node, reply, _ in _Exchange(self, queries, self._discovery_timeout_s).replies():
+        for node, reply, _ in self._exchange(queries, self._discovery_timeout_s).replies():
             error = reply if isinstance(reply, str) else wire.error_of(reply)
             if error is not None:
                 log.warning("node %d did not say which party it is: %s", node, error)
                 continue
             party = str(reply.content.config_records[protocol.RECORD_META][protocol.META_PARTY])
-            previous = self._node_of.get(party)
-            if previous is not None:
-                # A restarted SuperNode gets a new id while its old one still looks online: the newest wins.
+            if (previous := self._node_of.get(party)) is not None:
+                # A restarted SuperNode gets a new id while its old one still looks online: the newest wins
+                # (the old id stays known, so it is not asked again, and is forgotten once it goes offline).
                 log.warning("party %r moved from node %d to node %d", party, previous, node)
-                self._party_of.pop(previous, None)
             self._party_of[node] = party
             self._node_of[party] = node
 
@@ -114,20 +113,34 @@ class FlowerBackend(Backend):
         if self._node_of.get(party) == node:
             del self._node_of[party]
 
+    def _exchange(self, messages: dict[K, Message], timeout_s: float) -> _Exchange[K]:
+        return _Exchange(
+            self._grid, messages, timeout_s, clock=self._clock, sleep=self._sleep, poll_s=self._poll_s
+        )
+
 
 class _Exchange(Generic[K]):
-    """One push of messages and the pulls that collect their replies."""
+    """One push of messages (done on construction) and the pulls that collect their replies."""
 
-    def __init__(self, backend: FlowerBackend, messages: dict[K, Message], timeout_s: float) -> None:
-        self._backend = backend
-        self._timeout_s = timeout_s
-        self._start = backend._clock()
+    def __init__(
+        self,
+        grid: Grid,
+        messages: dict[K, Message],
+        timeout_s: float,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        poll_s: float,
+    ) -> None:
+        self._grid, self._timeout_s = grid, timeout_s
+        self._clock, self._sleep, self._poll_s = clock, sleep, poll_s
+        self._start = clock()
         self._refused: list[K] = []
         self._pending: dict[str, K] = {}
         if not messages:
             return
         keys = list(messages)
-        ids = list(backend._grid.push_messages([messages[key] for key in keys]))
+        ids = list(grid.push_messages([messages[key] for key in keys]))
         if len(ids) != len(keys):  # Flower returns no ids at all when the SuperLink refuses the request
             ids = [None] * len(keys)
         for key, message_id in zip(keys, ids, strict=True):
@@ -138,17 +151,20 @@ class _Exchange(Generic[K]):
 
     def replies(self) -> Iterator[tuple[K, Message | str, float]]:
         """Yield ``(key, reply or error line, seconds since the push began)`` once per message."""
-        clock, pending = self._backend._clock, self._pending
         for key in self._refused:
-            yield key, "the SuperLink refused the message (too large or malformed)", clock() - self._start
+            yield key, "the SuperLink refused the message (too large or malformed)", self._elapsed()
         deadline = self._start + self._timeout_s
+        pending = self._pending
         while pending:
-            for reply in self._backend._grid.pull_messages(list(pending)):
+            for reply in self._grid.pull_messages(list(pending)):
                 key = pending.pop(reply.metadata.reply_to_message_id, None)
                 if key is not None:
-                    yield key, reply, clock() - self._start
-            if not pending or clock() >= deadline:
+                    yield key, reply, self._elapsed()
+            if not pending or self._clock() >= deadline:
                 break
-            self._backend._sleep(min(self._backend._poll_s, max(deadline - clock(), 0.0)))
+            self._sleep(min(self._poll_s, max(deadline - self._clock(), 0.0)))
         for key in pending.values():
-            yield key, f"no reply within {self._timeout_s:g} s", clock() - self._start
+            yield key, f"no reply within {self._timeout_s:g} s", self._elapsed()
+
+    def _elapsed(self) -> float:
+        return self._clock() - self._start
