@@ -1,6 +1,8 @@
-"""Aggregation strategies. Importing this package registers every built-in strategy."""
+"""Aggregation strategies. Importing this package registers every built-in strategy (one module each)."""
 
-from mpctf.aggregation import fedavg  # noqa: F401  (registration side effect)
+from mpctf.aggregation import (  # noqa: F401  (registration side effect)
+    fedavg,
+)
 from mpctf.aggregation.base import STRATEGIES, PartyHooks, PartySpec, Strategy, StrategyParams
 
 __all__ = ["STRATEGIES", "PartyHooks", "PartySpec", "Strategy", "StrategyParams"]
