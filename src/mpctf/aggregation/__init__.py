@@ -1,7 +1,15 @@
 """Aggregation strategies. Importing this package registers every built-in strategy (one module each)."""
 
 from mpctf.aggregation import (  # noqa: F401  (registration side effect)
+    dynamic,
+    fedadagrad,
+    fedadam,
     fedavg,
+    fedavgm,
+    fedprox,
+    fedyogi,
+    norm_bounded,
+    scaffold,
 )
 from mpctf.aggregation.base import STRATEGIES, PartyHooks, PartySpec, Strategy, StrategyParams
 
