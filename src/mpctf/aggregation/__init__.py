@@ -8,8 +8,12 @@ from mpctf.aggregation import (  # noqa: F401  (registration side effect)
     fedavgm,
     fedprox,
     fedyogi,
+    krum,
+    median,
+    multikrum,
     norm_bounded,
     scaffold,
+    trimmed_mean,
 )
 from mpctf.aggregation.base import STRATEGIES, PartyHooks, PartySpec, Strategy, StrategyParams
 
