@@ -58,10 +58,15 @@ class FedAvg(Strategy):
         self._total += weight
 
     def mean_delta(self) -> NamedTensors:
-        """The weighted mean of this round's deltas (used by FedAvg and by server optimizers built on it)."""
+        """The weighted mean of this round's deltas (used by FedAvg and by server optimizers built on it).
+
+        Divides the running sum in place, so the server never holds a second model-sized copy; call it once
+        per round, from ``finalize``.
+        """
         if self._sum is None or self._total <= 0:
             raise RuntimeError("finalize() called before any update was accumulated")
-        return {k: v / self._total for k, v in self._sum.items()}
+        mean, self._sum = self._sum, None
+        return {k: v.div_(self._total) for k, v in mean.items()}
 
     def finalize(self) -> NamedTensors:
         return apply_delta(self._global, self.mean_delta())

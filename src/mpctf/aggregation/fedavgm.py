@@ -11,7 +11,7 @@ from typing import Any
 
 from mpctf.aggregation.base import STRATEGIES
 from mpctf.aggregation.fedavg import FedAvg, FedAvgParams
-from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys, scaled
+from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys
 from mpctf.aggregation.params import Decay, Positive
 from mpctf.messages import NamedTensors
 
@@ -36,10 +36,9 @@ class FedAvgM(FedAvg):
             self._velocity = delta
         else:
             require_same_keys(self._velocity, delta, "fedavgm's momentum")
-            self._velocity = {
-                k: v.mul(self.params.momentum).add_(delta[k]) for k, v in self._velocity.items()
-            }
-        return apply_delta(self._global, scaled(self._velocity, self.params.server_lr))
+            for k, v in self._velocity.items():
+                v.mul_(self.params.momentum).add_(delta[k])
+        return apply_delta(self._global, self._velocity, scale=self.params.server_lr)
 
     def state_dict(self) -> dict[str, Any]:
         velocity = None if self._velocity is None else clone_state(self._velocity)

@@ -72,10 +72,13 @@ class ServerOptimizer(Strategy):
         delta, p = self._mean.mean_delta(), self.params
         if self._m is None or self._v is None:
             raise RuntimeError("finalize() called before begin_round()")
-        self._m = {k: first_moment(m, delta[k], beta_1=p.beta_1) for k, m in self._m.items()}
-        self._v = {k: self.second_moment(v, delta[k].square(), p) for k, v in self._v.items()}
-        step = {k: adaptive_step(self._m[k], self._v[k], eta=p.eta, tau=p.tau) for k in self._m}
-        return apply_delta(self._global, step)
+        # Tensor by tensor, replacing the mean delta by the step as it goes: the server holds m, v, the mean
+        # and the new state, never a second full copy of any of them.
+        for k, d in delta.items():
+            self._m[k] = first_moment(self._m[k], d, beta_1=p.beta_1)
+            self._v[k] = self.second_moment(self._v[k], d.square(), p)
+            delta[k] = adaptive_step(self._m[k], self._v[k], eta=p.eta, tau=p.tau)
+        return apply_delta(self._global, delta)
 
     def state_dict(self) -> dict[str, Any]:
         moments = {"m": self._m, "v": self._v}

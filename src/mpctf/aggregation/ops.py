@@ -7,10 +7,10 @@ import torch
 from mpctf.messages import NamedTensors
 
 
-def apply_delta(global_state: NamedTensors, delta: NamedTensors) -> NamedTensors:
-    """``x + Δ`` in float32, cast back to each tensor's dtype; tensors without a delta are kept as is."""
+def apply_delta(global_state: NamedTensors, delta: NamedTensors, *, scale: float = 1.0) -> NamedTensors:
+    """``x + scale · Δ`` in float32, cast back to each dtype; tensors without a delta are kept as they are."""
     return {
-        k: (g.to(torch.float32) + delta[k].to(g.device)).to(g.dtype) if k in delta else g
+        k: torch.add(g.to(torch.float32), delta[k].to(g.device), alpha=scale).to(g.dtype) if k in delta else g
         for k, g in global_state.items()
     }
 
@@ -18,11 +18,6 @@ def apply_delta(global_state: NamedTensors, delta: NamedTensors) -> NamedTensors
 def zeros_like_f32(tensors: NamedTensors) -> NamedTensors:
     """Float32 zeros shaped and placed like ``tensors`` (initial moments, momentum, control variates)."""
     return {k: torch.zeros(v.shape, dtype=torch.float32, device=v.device) for k, v in tensors.items()}
-
-
-def scaled(tensors: NamedTensors, factor: float) -> NamedTensors:
-    """``factor · tensors`` in float32."""
-    return {k: v.detach().to(torch.float32) * factor for k, v in tensors.items()}
 
 
 def clone_state(tensors: NamedTensors) -> NamedTensors:

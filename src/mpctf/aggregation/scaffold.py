@@ -23,7 +23,7 @@ import torch
 
 from mpctf.aggregation.base import STRATEGIES, PartyHooks, weighted_sum_into
 from mpctf.aggregation.fedavg import FedAvg, FedAvgParams, update_weight
-from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys, scaled, zeros_like_f32
+from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys, zeros_like_f32
 from mpctf.aggregation.params import Positive
 from mpctf.aggregation.validate import validate_tensors
 from mpctf.errors import UpdateRejected
@@ -153,7 +153,7 @@ class Scaffold(FedAvg):
             raise RuntimeError("finalize() called before any update was accumulated")
         dc_sum, n = self._dc_sum, len(self.parties)
         self._c = {k: c + dc_sum[k].to(c.device) / n for k, c in self._c.items()}
-        return apply_delta(self._global, scaled(delta, self.params.global_lr))
+        return apply_delta(self._global, delta, scale=self.params.global_lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "c": None if self._c is None else clone_state(self._c)}
