@@ -75,6 +75,7 @@ class ServerOptimizer(Strategy):
         # Tensor by tensor, replacing the mean delta by the step as it goes: the server holds m, v, the mean
         # and the new state, never a second full copy of any of them.
         for k, d in delta.items():
+            d = d.to(self._m[k].device)  # updates arrive decoded on the CPU; moments live with the state
             self._m[k] = first_moment(self._m[k], d, beta_1=p.beta_1)
             self._v[k] = self.second_moment(self._v[k], d.square(), p)
             delta[k] = adaptive_step(self._m[k], self._v[k], eta=p.eta, tau=p.tau)

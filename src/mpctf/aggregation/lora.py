@@ -121,10 +121,14 @@ def local_factors(sent: NamedTensors, delta: NamedTensors, scale: float) -> dict
     """The party's trained factors ``(A + ΔA, s · (B + ΔB))`` per module, float32, scale folded into ``B``."""
     out = {}
     for m in lora_modules(sent):
-        a = sent[m + A_SUFFIX].to(torch.float32) + delta[m + A_SUFFIX].to(torch.float32)
-        b = sent[m + B_SUFFIX].to(torch.float32) + delta[m + B_SUFFIX].to(torch.float32)
+        a, b = (_plus(sent[m + suffix], delta[m + suffix]) for suffix in (A_SUFFIX, B_SUFFIX))
         out[m] = (a, b * scale)
     return out
+
+
+def _plus(sent: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    # Updates arrive decoded on the CPU; the reconstruction lives where the server keeps its state.
+    return sent.to(torch.float32) + delta.to(sent.device, torch.float32)
 
 
 def zero_pad(factors: Factors, rank: int) -> Factors:
