@@ -79,6 +79,8 @@ def test_integer_inputs_sum_exactly():
 def test_byte_counts_cover_every_stage(updates):
     run = secure_sum(updates, PARAMS)
     assert set(run.bytes_per_stage) == {"advertise", "share", "masked_input", "unmask"}
+    assert set(run.seconds_per_stage) == set(run.bytes_per_stage)
+    assert all(s > 0 for s in run.seconds_per_stage.values())
     # masked inputs travel as int32 (bits=32): at least 4 bytes per value per party
     values = sum(t.numel() for t in updates["p0"].values())
     assert run.bytes_per_stage["masked_input"] >= 4 * values * len(updates)
