@@ -62,6 +62,14 @@ def test_roster_without_the_partys_own_keys_is_refused(make_round):
         r.parties["p0"].share_keys(roster)
 
 
+def test_roster_smaller_than_the_threshold_is_refused():
+    party = SecAggParty("a", PARAMS, 0)
+    advert = party.advertise_keys()
+    roster = {"round": 0, "parties": {"a": {k: advert[k] for k in ("enc_key", "mask_key", "commitment")}}}
+    with pytest.raises(SecureAggregationError, match="1 holders for its secrets, threshold 3"):
+        party.share_keys(roster)
+
+
 def test_party_never_reveals_both_secrets_of_one_party(make_round, updates):
     r = _shared_round(make_round)
     r.mask(updates)

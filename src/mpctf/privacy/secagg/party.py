@@ -91,6 +91,10 @@ class SecAggParty:
         self._neighbours = graph[self.name]
         holders = sorted(self._neighbours | {self.name})
         self._threshold = self.params.threshold_for(len(holders))
+        if len(holders) < max(2, self._threshold):
+            raise SecureAggregationError(
+                f"party {self.name!r}: {len(holders)} holders for its secrets, threshold {self._threshold}"
+            )
         mask_shares = split_secret(self._mask_seed, self._threshold, holders)
         self_shares = split_secret(self._self_seed, self._threshold, holders)
         self._held[self.name] = (mask_shares[self.name], self_shares[self.name])
