@@ -111,6 +111,7 @@ class SecAggParty:
             mine is None
             or mine.get("enc_key") != public_bytes(self._enc_key)
             or mine.get("mask_key") != public_bytes(self._mask_key)
+            or mine.get("commitment") != masks.commitment(self._self_seed)
         ):
             raise SecureAggregationError(
                 f"party {self.name!r}: the roster does not carry this party's own keys"
