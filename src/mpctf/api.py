@@ -33,9 +33,17 @@ def run_local(
     from mpctf.runtime.local import LocalBackend
     from mpctf.server.loop import RoundLoop
 
-    bundle = ModelBundle.load(config)
-    handlers = {p: PartyWorker(config, p, bundle=bundle).handle for p in config.party_names}
-    loop = RoundLoop(config, LocalBackend(handlers), run_dir, bundle=bundle, listeners=listeners)
+    server = ModelBundle.load(config)
+    # Parties with the same training settings share one loaded model (a heterogeneous rank needs its own).
+    bundles = {config.training.model_dump_json(): server}
+    handlers = {}
+    for party in config.party_names:
+        training = config.party_training(party)
+        key = training.model_dump_json()
+        if key not in bundles:
+            bundles[key] = ModelBundle.load(config, training)
+        handlers[party] = PartyWorker(config, party, bundle=bundles[key]).handle
+    loop = RoundLoop(config, LocalBackend(handlers), run_dir, bundle=server, listeners=listeners)
     return loop.run(resume=resume)
 
 

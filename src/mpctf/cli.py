@@ -21,8 +21,8 @@ app = typer.Typer(
     help="MPCTF: multi-party collaborative training of large language models.\n\nExit codes: "
     + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
 )
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)]
 
@@ -147,6 +147,24 @@ def launch(
         f"accuracy: {result.initial_accuracy:.4f} before training → {result.final_accuracy:.4f} after "
         f"round {result.rounds[-1]['round']}; report: {result.run_dir / 'report.md'}"
     )
+
+
+@app.command()
+@friendly
+def certs(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the CA, server and party credentials into.")],
+    server_host: Annotated[
+        list[str], typer.Option("--server-host", help="IP or DNS name the parties use to reach the server.")
+    ],
+    party: Annotated[list[str], typer.Option("--party", help="A party name (repeat for each party).")],
+    valid_days: Annotated[int, typer.Option(help="Validity of every certificate.")] = 365,
+) -> None:
+    """Create a CA, a TLS server certificate and one authentication key pair per party."""
+    from mpctf.launch.certs import create_certificates
+
+    made = create_certificates(out_dir, server_host, party, valid_days=valid_days)
+    out.print(f"CA {made.ca_cert}; server certificate for {', '.join(server_host)}; keys for {', '.join(party)}")
+    out.print(f"give each party its private key and {made.ca_cert.name}; never copy ca.key off this machine")
 
 
 @app.command()

@@ -118,6 +118,9 @@ class PartyConfig(Strict):
     name: PartyName
     #: The party's own data; without it the party gets its share of ``data.dataset``.
     data: DatasetConfig | None = None
+    #: This party's LoRA rank and alpha when they differ from ``training.lora`` (heterogeneous-rank strategies).
+    lora_rank: PositiveInt | None = None
+    lora_alpha: Annotated[float, Field(gt=0)] | None = None
 
 
 class FederationConfig(Strict):
@@ -184,6 +187,17 @@ class RunConfig(Strict):
     @property
     def party_names(self) -> list[str]:
         return [p.name for p in self.parties]
+
+    def party_training(self, party: str) -> TrainingConfig:
+        """``training`` with the party's own LoRA rank/alpha applied."""
+        spec = next(p for p in self.parties if p.name == party)
+        lora = self.training.lora.model_copy(
+            update={
+                "r": spec.lora_rank or self.training.lora.r,
+                "alpha": spec.lora_alpha or self.training.lora.alpha,
+            }
+        )
+        return self.training.model_copy(update={"lora": lora})
 
 
 # --- loading and error reporting ----------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The strategy contract: the server's aggregation and the party-side hooks of one algorithm.
 
-A strategy sees one round as ``begin_round`` → ``accumulate`` per accepted update (in arrival order) →
-``finalize``. Strategies that can (FedAvg, FedOpt, dynamic weighting) keep a running sum, so the server holds
-O(model) whatever the number of parties; robust ones that need every update at once buffer them and say so.
+A strategy sees one round as ``begin_round`` → (``state_for_party`` per selected party,
+``party_instructions``, ``round_payload``: the round's tasks) → ``accumulate`` per accepted update (in arrival
+order) → ``finalize``. ``configure_parties`` runs once before the first round and tells the strategy who takes
+part (for example each party's LoRA rank). Strategies that can (FedAvg, FedOpt, dynamic weighting) keep a
+running sum, so the server holds O(model) whatever the number of parties; robust ones that need every update
+at once buffer them and say so.
 
 Hyper-parameters live in a pydantic ``Params`` model per strategy, validated where it is defined; the shared knobs
 (party sampling, minimum parties, timeouts) belong to the round loop's selection config, not to strategies.
@@ -11,6 +14,8 @@ Hyper-parameters live in a pydantic ``Params`` model per strategy, validated whe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,9 +34,19 @@ class StrategyParams(BaseModel):
 class PartyHooks:
     """Party-side half of an algorithm. The default does nothing (plain local SGD).
 
-    The trainer calls ``extra_loss`` after computing the task loss, ``adjust_gradients`` after ``backward`` and
-    before the optimizer step, and ``after_training`` once, to add tensors to the update's ``extra``.
+    Before training, the trainer adds ``merge_into_base`` into the frozen base weights and trains only the
+    tensors for which ``trainable`` is true. It calls ``extra_loss`` after computing the task loss,
+    ``adjust_gradients`` after ``backward`` and before the optimizer step, and ``after_training`` once, to add
+    tensors to the update's ``extra``. Tensors are addressed by their trainable-state keys.
     """
+
+    def trainable(self, name: str) -> bool:
+        return True
+
+    def merge_into_base(self) -> NamedTensors:
+        """LoRA factor pairs (``<module>.lora_A.weight``, ``<module>.lora_B.weight``) whose product ``B @ A``
+        the trainer adds into ``<module>``'s frozen base weight once, before training (scale folded in)."""
+        return {}
 
     def extra_loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
         return None
@@ -45,6 +60,14 @@ class PartyHooks:
         return {}
 
 
+@dataclass(frozen=True)
+class PartySpec:
+    """What the server knows of one party before the first round (LoRA rank and alpha when it trains LoRA)."""
+
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+
+
 class Strategy(ABC):
     """Server-side aggregation of one algorithm; see the module docstring for the call order."""
 
@@ -55,6 +78,11 @@ class Strategy(ABC):
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.parties: dict[str, PartySpec] = {}
+
+    def configure_parties(self, parties: Mapping[str, PartySpec]) -> None:
+        """Learn every party of the run (not only this round's); called once before the first round."""
+        self.parties = dict(parties)
 
     # --- server side -----------------------------------------------------------------------------
     @abstractmethod

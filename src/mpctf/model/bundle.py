@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpctf.config import RunConfig
+from mpctf.config import RunConfig, TrainingConfig
 from mpctf.errors import ConfigError
 from mpctf.model.loading import load_model, load_tokenizer
 from mpctf.model.modes import MODES, TrainingMode
@@ -31,12 +31,16 @@ class ModelBundle:
     load_seconds: float
 
     @classmethod
-    def load(cls, config: RunConfig) -> ModelBundle:
-        """Load the configured model once; the same seed gives every process the same initial trainable state."""
+    def load(cls, config: RunConfig, training: TrainingConfig | None = None) -> ModelBundle:
+        """Load the configured model once; the same seed gives every process the same initial trainable state.
+
+        ``training`` overrides ``config.training`` (a party with its own LoRA rank).
+        """
         start = time.perf_counter()
+        training = training or config.training
         tokenizer = load_tokenizer(config.model.name)
         base = load_model(config.model, seed=config.seed, vocab_size=len(tokenizer))
-        mode = MODES.get(config.training.mode)(config.training)
+        mode = MODES.get(training.mode)(training)
         try:
             model = mode.prepare(base, seed=config.seed)
         except ValueError as exc:

@@ -43,6 +43,13 @@ class TrainingMode(ABC):
         """The state-dict key of a parameter name."""
         return parameter_name
 
+    def merge_into_base(self, model: torch.nn.Module, pairs: NamedTensors) -> None:
+        """Fold trained low-rank products into the frozen base weights (FLoRA); only LoRA supports it."""
+        if pairs:
+            raise ValueError(
+                f"training mode {self.registered_name!r} cannot merge LoRA factors into the base"
+            )
+
     @abstractmethod
     def save(self, model: torch.nn.Module, state: NamedTensors, folder: Path) -> None:
         """Save ``state`` in the format its library loads (PEFT: ``PeftModel.from_pretrained``)."""
@@ -92,6 +99,18 @@ class LoraMode(TrainingMode):
         result = set_peft_model_state_dict(model, state)
         if result.unexpected_keys:
             raise ValueError(f"adapter state has unexpected key {result.unexpected_keys[0]!r}")
+
+    @torch.no_grad()
+    def merge_into_base(self, model: torch.nn.Module, pairs: NamedTensors) -> None:
+        """Add ``B @ A`` of each ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` pair to the module's
+        frozen base weight (the scale is already folded into B by the strategy)."""
+        for key_a, a in pairs.items():
+            if not key_a.endswith(".lora_A.weight"):
+                continue
+            module_path = key_a.removesuffix(".lora_A.weight")
+            b = pairs[f"{module_path}.lora_B.weight"]
+            base = model.get_submodule(module_path).base_layer.weight
+            base.add_((b.float() @ a.float()).to(base.dtype).to(base.device))
 
     def save(self, model: torch.nn.Module, state: NamedTensors, folder: Path) -> None:
         self.set_state(model, state)

@@ -43,7 +43,9 @@ def train_round(
     """
     model, device = bundle.model, bundle.device
     params = bundle.mode.trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # An algorithm may freeze part of the exchanged state at the party (FFA-LoRA keeps lora_A fixed).
+    stepped = [p for key, p in params.items() if hooks.trainable(key)]
+    optimizer = torch.optim.AdamW(stepped, lr=settings.lr, weight_decay=settings.weight_decay)
     per_step = settings.micro_batch * settings.grad_accum
     steps = math.ceil(len(examples) / per_step)
     if settings.max_steps is not None:

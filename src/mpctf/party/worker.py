@@ -33,7 +33,8 @@ class PartyWorker:
             torch.set_num_threads(threads)
         self.config = config
         self.party = party
-        self.bundle = bundle if bundle is not None else ModelBundle.load(config)
+        self.training = config.party_training(party)
+        self.bundle = bundle if bundle is not None else ModelBundle.load(config, self.training)
         self.task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
         rows = FederatedData(config).party_rows(party)
         self.examples = self.task.encode_all(rows, f"party {party!r} data")
@@ -64,11 +65,12 @@ class PartyWorker:
         chunk = [self.examples[i] for i in chosen]
         bundle = self.bundle
         received = self.downlink.decode(task.state, task.instructions["downlink"])
-        bundle.mode.set_state(bundle.model, received)
         hooks = self.strategy_cls.party_hooks(
             task.instructions.get("strategy", {}), task.extra, self.party, received, self.party_state
         )
-        train = self.config.training
+        bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
+        bundle.mode.set_state(bundle.model, received)
+        train = self.training
         settings = TrainSettings(
             lr=train.lr,
             weight_decay=train.weight_decay,

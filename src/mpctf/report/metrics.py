@@ -43,3 +43,23 @@ def iter_records(lines: list[str]) -> Iterator[Record]:
             yield json.loads(line)
         except json.JSONDecodeError:
             continue
+
+
+class MetricsTail:
+    """Follows a growing ``metrics.jsonl`` written by another process, handing new records to listeners."""
+
+    def __init__(self, path: Path, listeners: list[Callable[[Record], None]]) -> None:
+        self.path, self.listeners, self._offset = path, listeners, 0
+
+    def poll(self) -> None:
+        """Dispatch every complete record appended since the last call."""
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for record in iter_records(complete.decode().splitlines()):
+            for listener in self.listeners:
+                listener(record)

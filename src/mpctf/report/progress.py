@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -10,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mpctf.report.metrics import Record, iter_records
+from mpctf.report.metrics import Record
 
 
 class ProgressView:
@@ -23,7 +22,6 @@ class ProgressView:
         self.rounds: list[Record] = []
         self.status = "starting"
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
-        self._offset = 0
 
     def __enter__(self) -> ProgressView:
         self.live.__enter__()
@@ -56,18 +54,6 @@ class ProgressView:
         elif event == "run_end":
             self.status = "finished"
         self.live.update(self._render())
-
-    def follow(self, metrics_path: Path) -> None:
-        """Feed any records appended to ``metrics_path`` since the last call."""
-        if not metrics_path.is_file():
-            return
-        with metrics_path.open() as fh:
-            fh.seek(self._offset)
-            chunk = fh.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self._offset += len(complete.encode())
-        for record in iter_records(complete.splitlines()):
-            self(record)
 
     def _render(self) -> Group:
         table = Table(title=f"MPCTF — {self.status}", expand=False)

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpctf.aggregation import STRATEGIES, Strategy
+from mpctf.aggregation import STRATEGIES, PartySpec, Strategy
 from mpctf.aggregation.validate import validate_update
 from mpctf.comm import chain_from_specs, fp32_bytes
-from mpctf.config import RunConfig, dump_config, resolve_spec
+from mpctf.config import RunConfig, TrainingConfig, dump_config, resolve_spec
 from mpctf.data.chunking import PartyDataStats, PartyPlan
 from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import ClassificationTask
-from mpctf.errors import FederationError, UpdateRejected
+from mpctf.errors import ConfigError, FederationError, UpdateRejected
 from mpctf.messages import NamedTensors, RoundTask, Update, unpack
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import make_plans
@@ -74,6 +74,15 @@ class RoundLoop:
         self.log = MetricsLog(run_dir / "metrics.jsonl", listeners)
         cls, params = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
         self.strategy: Strategy = cls(params)
+        try:
+            self.strategy.configure_parties(
+                {
+                    p: PartySpec(lora_rank=t.lora.r, lora_alpha=t.lora.alpha)
+                    for p, t in self._trainings().items()
+                }
+            )
+        except ValueError as exc:
+            raise ConfigError(f"federation.strategy: {exc}") from None
         self.bundle = bundle if bundle is not None else ModelBundle.load(config)
         task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
         eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
@@ -83,6 +92,9 @@ class RoundLoop:
         #: Downlink codec state per party (e.g. a top-k residual on what that party was sent).
         self.downlink_state: dict[str, dict[int, dict[str, Any]]] = {}
         self.cumulative = {"bytes_down": 0, "bytes_up": 0, "bytes_up_fp32": 0}
+
+    def _trainings(self) -> dict[str, TrainingConfig]:
+        return {p: self.config.party_training(p) for p in self.config.party_names}
 
     # --- setup -----------------------------------------------------------------------------------
     def plan(self) -> dict[str, PartyPlan]:

@@ -1,0 +1,51 @@
+"""The ``privacy:`` section of a run's configuration: which mechanisms are on, and their parameters.
+
+Every section is optional; an absent section means the mechanism is off. Cross-mechanism checks (what cannot
+be combined with what) live in :mod:`mpctf.privacy.compat`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mpctf.privacy.adaptive_clip import AdaptiveClipParams
+from mpctf.privacy.he import CkksParams
+from mpctf.privacy.secagg.params import SecAggParams
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClientDpConfig(_Section):
+    """Client-level DP-FedAvg: clip each update, add Gaussian noise to the sum, account ε over rounds."""
+
+    noise_multiplier: float = Field(ge=0)
+    #: L2 bound of a party's update (the starting value when ``adaptive_clipping`` is on).
+    clip_norm: float = Field(gt=0)
+    #: ``central``: the server noises the sum; ``distributed``: each party adds its share before masking.
+    mode: Literal["central", "distributed"] = "central"
+    delta: float = Field(1e-5, gt=0, lt=1)
+    #: Stop training before the round that would take ε above this; ``None``: report ε, never stop.
+    epsilon_budget: float | None = Field(None, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    adaptive_clipping: AdaptiveClipParams | None = None
+
+
+class SampleDpConfig(_Section):
+    """Sample-level DP-SGD inside every party (Opacus)."""
+
+    noise_multiplier: float = Field(ge=0)
+    max_grad_norm: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    grad_sample_mode: Literal["hooks", "functorch", "ew"] = "hooks"
+
+
+class PrivacyConfig(_Section):
+    client_dp: ClientDpConfig | None = None
+    sample_dp: SampleDpConfig | None = None
+    secure_aggregation: SecAggParams | None = None
+    homomorphic_encryption: CkksParams | None = None

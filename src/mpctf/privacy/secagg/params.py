@@ -1,0 +1,43 @@
+"""Parameters of secure aggregation, validated where they are defined."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SecAggParams(BaseModel):
+    """Secure aggregation (SecAgg, or SecAgg+ with ``num_neighbours``) and its fixed-point ring encoding.
+
+    Floats are clamped to ``[-clip_range, clip_range]``, scaled by ``scale`` and rounded into ``Z_2^bits``;
+    the sum of ``n`` parties must fit, so ``n · clip_range · scale < 2^(bits-1)`` is checked before masking.
+    Masked vectors travel as int32 when ``bits <= 32`` (4 bytes a value, like float32), else as int64.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Shares needed to rebuild a secret; ``None`` means a majority of each secret's holders.
+    threshold: int | None = Field(None, ge=2)
+    #: SecAgg+: each party masks with and shares secrets among this many neighbours (even); ``None``: all.
+    num_neighbours: int | None = Field(None, ge=2)
+    bits: int = Field(32, ge=8, le=62)
+    scale: float = Field(2.0**20, gt=0)
+    clip_range: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SecAggParams:
+        if self.num_neighbours is not None and self.num_neighbours % 2:
+            raise ValueError(f"`num_neighbours` must be even (a ring graph), got {self.num_neighbours}")
+        if (
+            self.num_neighbours is not None
+            and self.threshold is not None
+            and self.threshold > self.num_neighbours + 1
+        ):
+            raise ValueError(
+                f"`threshold` must be <= num_neighbours + 1 = {self.num_neighbours + 1} (the holders of each "
+                f"secret), got {self.threshold}"
+            )
+        return self
+
+    def threshold_for(self, holders: int) -> int:
+        """Shares needed among ``holders`` holders of one secret."""
+        return self.threshold if self.threshold is not None else holders // 2 + 1
