@@ -55,7 +55,8 @@ def test_report_of_a_non_run_dir(tmp_path: Path) -> None:
 
 def test_certs_writes_credentials(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["certs", str(tmp_path / "c"), "--server-host", "127.0.0.1", "--party", "alice", "--party", "bob"]
+        app,
+        ["certs", str(tmp_path / "c"), "--server-host", "127.0.0.1", "--party", "alice", "--party", "bob"],
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c/ca.crt").is_file() and (tmp_path / "c/parties/bob.pub").is_file()

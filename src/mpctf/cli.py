@@ -152,7 +152,9 @@ def launch(
 @app.command()
 @friendly
 def certs(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the CA, server and party credentials into.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write the CA, server and party credentials into.")
+    ],
     server_host: Annotated[
         list[str], typer.Option("--server-host", help="IP or DNS name the parties use to reach the server.")
     ],
@@ -163,7 +165,9 @@ def certs(
     from mpctf.launch.certs import create_certificates
 
     made = create_certificates(out_dir, server_host, party, valid_days=valid_days)
-    out.print(f"CA {made.ca_cert}; server certificate for {', '.join(server_host)}; keys for {', '.join(party)}")
+    out.print(
+        f"CA {made.ca_cert}; server certificate for {', '.join(server_host)}; keys for {', '.join(party)}"
+    )
     out.print(f"give each party its private key and {made.ca_cert.name}; never copy ca.key off this machine")
 
 

@@ -13,12 +13,12 @@ def _mb(n: float) -> str:
 
 def _rounds_table(rounds: list[Record]) -> list[str]:
     lines = [
-        "| round | accuracy | eval loss | wall s | total down (MB) | total up (MB) | up vs fp32 |",
+        "| round | accuracy | eval loss | wall s | total down (MB) | total up (MB) | fp32 size ÷ sent |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         up, fp32 = r.get("cumulative_bytes_up", 0), r.get("cumulative_bytes_up_fp32", 0)
-        ratio = f"{fp32 / up:.1f}× smaller" if up and fp32 else "—"
+        ratio = f"{fp32 / up:.2f}×" if up and fp32 else "—"
         lines.append(
             f"| {r['round']} | {r.get('accuracy', float('nan')):.4f} | {r.get('eval_loss', float('nan')):.4f} | "
             f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(up)} | {ratio} |"
