@@ -151,6 +151,75 @@ def launch(
 
 @app.command()
 @friendly
+def server(
+    config: ConfigArg,
+    host: Annotated[str, typer.Option(help="Address the SuperLink listens on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port the SuperLink listens on.")] = 9093,
+    certs_dir: Annotated[
+        Path | None,
+        typer.Option("--certs", help="Folder made by `mpctf certs` (TLS on); omit only on a trusted LAN."),
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue RUN_DIR from its last completed round.")] = False,
+) -> None:
+    """Start only the server side; parties join with `mpctf party` from their own hosts."""
+    from mpctf.api import new_run_dir
+    from mpctf.config import load_config
+    from mpctf.launch.federation import serve_server
+    from mpctf.report.progress import ProgressView
+    from mpctf.report.render import render_report
+
+    cfg = load_config(config)
+    target = run_dir or new_run_dir(cfg)
+    with ProgressView(cfg.federation.rounds, err) as view:
+        result = serve_server(
+            cfg, target, host=host, port=port, tls=_server_tls(certs_dir), resume=resume, listeners=[view]
+        )
+    render_report(target)
+    out.print(f"run directory: {result.run_dir}")
+
+
+def _server_tls(certs_dir: Path | None) -> Any:
+    from mpctf.errors import ConfigError
+    from mpctf.runtime.flower.commands import ServerTls
+
+    if certs_dir is None:
+        return None
+    files = {
+        "ca_cert": certs_dir / "ca.crt",
+        "cert": certs_dir / "server.pem",
+        "key": certs_dir / "server.key",
+    }
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"--certs: missing {', '.join(missing)} (create them with `mpctf certs`)")
+    return ServerTls(**files)
+
+
+@app.command()
+@friendly
+def party(
+    config: ConfigArg,
+    name: Annotated[str, typer.Option("--name", help="Which party of the config this host is.")],
+    server_address: Annotated[str, typer.Option("--server", help="The server's HOST:PORT.")],
+    root_cert: Annotated[
+        Path | None, typer.Option(help="The federation's ca.crt (TLS); omit only on a trusted LAN.")
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Where this party keeps its logs.")] = Path("mpctf-party"),
+) -> None:
+    """Start one party (its model worker and SuperNode) and serve the federation until it ends."""
+    from mpctf.config import load_config
+    from mpctf.errors import ConfigError
+    from mpctf.launch.federation import serve_party
+
+    if root_cert is not None and not root_cert.is_file():
+        raise ConfigError(f"--root-cert: file not found: {root_cert}")
+    code = serve_party(load_config(config), name, work_dir, superlink=server_address, root_cert=root_cert)
+    raise typer.Exit(code)
+
+
+@app.command()
+@friendly
 def certs(
     out_dir: Annotated[
         Path, typer.Argument(help="Folder to write the CA, server and party credentials into.")
@@ -186,3 +255,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mpctf.config import RunConfig, dump_config
-from mpctf.launch.flower_local import launch_flower_local
+from mpctf.errors import ConfigError
+from mpctf.launch.flower_local import launch_flower_local, launch_flower_server, serve_flower_party
 from mpctf.launch.flower_services import PartySpec
 from mpctf.report.metrics import MetricsTail, Record, read_metrics
+from mpctf.runtime.flower.commands import ServerTls
 from mpctf.server.loop import RunResult
 
 DRIVER = "mpctf.server.entry:drive"
@@ -26,6 +28,78 @@ def party_threads(config: RunConfig, parties_on_host: int) -> int:
     if config.training.threads is not None:
         return config.training.threads
     return max(1, (os.cpu_count() or 1) // max(parties_on_host, 1))
+
+
+def _party_spec(config: RunConfig, config_path: Path, party: str, parties_on_host: int) -> PartySpec:
+    threads = str(party_threads(config, parties_on_host))
+    return PartySpec(
+        name=party, handler_kwargs={"config": str(config_path), "party": party, "threads": threads}
+    )
+
+
+def _settings(config_path: Path, run_dir: Path, resume: bool) -> dict[str, str]:
+    return {"config-path": str(config_path), "run-dir": str(run_dir), "resume": "true" if resume else "false"}
+
+
+def _result(run_dir: Path, resume: bool) -> RunResult:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    # On resume, only the rounds this launch ran, as on the local backend.
+    starts = [i for i, r in enumerate(records) if r["event"] == "run_start"]
+    first = starts[-1] if resume and starts else 0
+    return RunResult(run_dir, [r for r in records[first:] if r["event"] == "round"])
+
+
+def _prepare(config: RunConfig, run_dir: Path, resume: bool) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if not resume:
+        config_path.write_text(dump_config(config))
+    return config_path
+
+
+def serve_server(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    host: str,
+    port: int,
+    tls: ServerTls | None,
+    resume: bool,
+    listeners: list[Callable[[Record], None]],
+) -> RunResult:
+    """The server side alone (``mpctf server``): the run starts once ``federation.min_parties`` have joined."""
+    config_path = _prepare(config, run_dir, resume)
+    tail = MetricsTail(run_dir / "metrics.jsonl", listeners)
+    launch_flower_server(
+        run_dir,
+        DRIVER,
+        _settings(config_path, run_dir, resume),
+        min_parties=config.federation.min_parties,
+        host=host,
+        port=port,
+        tls=tls,
+        party_wait_s=config.federation.round_timeout_s,
+        on_tick=tail.poll,
+    )
+    tail.poll()
+    return _result(run_dir, resume)
+
+
+def serve_party(
+    config: RunConfig, party: str, work_dir: Path, *, superlink: str, root_cert: Path | None
+) -> int:
+    """One party alone (``mpctf party``): its worker and SuperNode, until the federation ends."""
+    if party not in config.party_names:
+        raise ConfigError(
+            f"--name: party {party!r} is not in the config; parties: {', '.join(config.party_names)}"
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / "config.yaml"
+    config_path.write_text(dump_config(config))
+    spec = _party_spec(config, config_path, party, parties_on_host=1)
+    return serve_flower_party(
+        work_dir, spec, superlink=superlink, handler_factory=HANDLER_FACTORY, root_cert=root_cert
+    )
 
 
 def run_flower(

@@ -1,0 +1,114 @@
+"""`mpctf server` and `mpctf party` started apart, as separate organisations would, over TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mpctf.report.metrics import read_metrics
+from support import tiny_config_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+
+MPCTF = [sys.executable, "-m", "mpctf.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [*MPCTF, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def _tls_handshake(port: int, ca: Path, timeout_s: float = 120.0) -> bool:
+    """True once a TLS handshake that trusts only ``ca`` succeeds on ``port`` (the SuperLink is up)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    return tls.version() is not None
+        except ConnectionRefusedError:
+            time.sleep(0.5)
+    return False
+
+
+def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 1, "federation.min_parties": 2})
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [*MPCTF, "certs", str(certs), "--server-host", "127.0.0.1", "--party", "alice", "--party", "bob"],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    run_dir = tmp_path / "run"
+    server = _start(
+        [
+            "server",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--certs",
+            str(certs),
+            "--run-dir",
+            str(run_dir),
+        ],
+        tmp_path / "server.out",
+    )
+    parties = [
+        _start(
+            [
+                "party",
+                str(config),
+                "--name",
+                name,
+                "--server",
+                f"127.0.0.1:{port}",
+                "--root-cert",
+                str(certs / "ca.crt"),
+                "--work-dir",
+                str(tmp_path / name),
+            ],
+            tmp_path / f"{name}.out",
+        )
+        for name in ("alice", "bob")
+    ]
+    try:
+        assert _tls_handshake(port, certs / "ca.crt"), (
+            "the SuperLink did not serve TLS with the federation's CA"
+        )
+        code = server.wait(timeout=400)
+    finally:
+        for proc in [server, *parties]:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in parties:
+            proc.wait(timeout=60)
+    assert code == 0, (tmp_path / "server.out").read_text()[-2000:]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in records if r["event"] == "round"] == [0, 1]
+    assert {r["party"] for r in records if r["event"] == "party_round" and r["status"] == "ok"} == {
+        "alice",
+        "bob",
+    }
