@@ -41,9 +41,11 @@ def _tls_handshake(port: int, ca: Path, timeout_s: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                    return tls.version() is not None
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                return tls.version() is not None
         except ConnectionRefusedError:
             time.sleep(0.5)
     return False
