@@ -17,6 +17,7 @@ from mpctf.errors import EXIT_CODES, Interrupted, MpctfError
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="MPCTF: multi-party collaborative training of large language models.\n\nExit codes: "
     + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
@@ -90,13 +91,13 @@ def plan_table(plans: list[Any]) -> Table:
         "micro-batch",
         "accum.",
         "rounds/epoch",
-        "est. peak / avail.",
+        "peak/free",
     ):
         table.add_column(col)
     for p in plans:
         mem = "—"
         if p.est_peak_bytes is not None and p.available_bytes is not None:
-            mem = f"{p.est_peak_bytes / 2**30:.2f} / {p.available_bytes / 2**30:.2f} GiB"
+            mem = f"{p.est_peak_bytes / 2**30:.1f}/{p.available_bytes / 2**30:.1f} GiB"
         table.add_row(
             p.party,
             str(p.num_samples),

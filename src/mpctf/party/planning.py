@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from mpctf.config import RunConfig
-from mpctf.data.chunking import PartyDataStats, PartyPlan, plan_parties
+import torch
+
+from mpctf.config import RunConfig, TrainingConfig
+from mpctf.data.chunking import MemoryBudget, PartyDataStats, PartyPlan, divisors_at_most, plan_parties
 from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import ClassificationTask, Example
 from mpctf.errors import DataError
-from mpctf.model.loading import load_tokenizer
+from mpctf.model.bundle import ModelBundle
+from mpctf.party.memory import available_memory, estimate_training_memory
 
 
 def party_stats(examples: Sequence[Example]) -> PartyDataStats:
@@ -18,20 +22,79 @@ def party_stats(examples: Sequence[Example]) -> PartyDataStats:
     return PartyDataStats(num_samples=len(lengths), token_lengths=lengths)
 
 
-def make_plans(config: RunConfig, stats: dict[str, PartyDataStats]) -> dict[str, PartyPlan]:
-    """Apply ``data.partition`` to every party's reported volume."""
+def memory_report(
+    bundle: ModelBundle, training: TrainingConfig, examples: Sequence[Example]
+) -> dict[str, Any]:
+    """What a party reports about its memory: free bytes now, and the estimated peak of a training step for
+    each micro-batch size that divides the batch (at the party's longest sequence). Empty for models the
+    estimator does not describe (it knows Llama-style decoders)."""
+    cfg = getattr(bundle.model, "config", None)
+    needed = ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads")
+    if cfg is None or not all(hasattr(cfg, k) for k in needed) or not examples:
+        return {}
+    params = list(bundle.model.parameters())
+    n_params = sum(p.numel() for p in params)
+    n_trainable = sum(p.numel() for p in params if p.requires_grad)
+    device = "cuda" if bundle.device.type == "cuda" else "cpu"
+    peaks = {}
+    for micro in divisors_at_most(training.batch_size, training.batch_size):
+        estimate = estimate_training_memory(
+            n_params=n_params,
+            n_trainable=n_trainable,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers,
+            vocab_size=cfg.vocab_size,
+            intermediate_size=cfg.intermediate_size,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None),
+            seq_len=max(len(e.input_ids) for e in examples),
+            micro_batch=micro,
+            param_bytes=torch.finfo(params[0].dtype).bits // 8,
+            mode="full" if training.mode == "full" else "lora",
+            lora_targets=tuple(training.lora.target_modules),
+        )
+        peaks[str(micro)] = estimate.total
+    return {"available_bytes": available_memory(device), "peak_bytes": peaks}
+
+
+def _budget(report: dict[str, Any]) -> MemoryBudget | None:
+    if not report:
+        return None
+    table = {int(k): int(v) for k, v in report["peak_bytes"].items()}
+    return MemoryBudget(available_bytes=int(report["available_bytes"]), peak_bytes=lambda m: table[m])
+
+
+def make_plans(
+    config: RunConfig, stats: dict[str, PartyDataStats], memory: dict[str, dict[str, Any]] | None = None
+) -> dict[str, PartyPlan]:
+    """Apply ``data.partition`` to every party's reported volume (and memory, when reported)."""
     part = config.data.partition
+    budgets = {p: b for p, b in ((p, _budget(r)) for p, r in (memory or {}).items()) if b is not None}
     try:
-        return plan_parties(part.name, part.params, stats, batch_size=config.training.batch_size)
+        return plan_parties(
+            part.name, part.params, stats, batch_size=config.training.batch_size, memory=budgets
+        )
     except ValueError as exc:
         raise DataError(f"data.partition: {exc}") from None
 
 
 def local_plans(config: RunConfig) -> dict[str, PartyPlan]:
-    """Plans computed on this machine, for parties whose data is readable here (simulations, ``mpctf plan``)."""
-    task = ClassificationTask(config.task, load_tokenizer(config.model.name), config.training.max_length)
+    """Plans computed on this machine, for parties whose data is readable here (simulations, ``mpctf plan``).
+
+    Loads the model once to describe its memory needs; each party's memory is this machine's.
+    """
     data = FederatedData(config)
-    stats = {
-        p: party_stats(task.encode_all(data.party_rows(p), f"party {p!r} data")) for p in config.party_names
-    }
-    return make_plans(config, stats)
+    stats: dict[str, PartyDataStats] = {}
+    memory: dict[str, dict[str, Any]] = {}
+    bundles: dict[str, ModelBundle] = {}
+    for party in config.party_names:
+        training = config.party_training(party)
+        key = training.model_dump_json()
+        if key not in bundles:
+            bundles[key] = ModelBundle.load(config, training)
+        bundle = bundles[key]
+        task = ClassificationTask(config.task, bundle.tokenizer, training.max_length)
+        examples = task.encode_all(data.party_rows(party), f"party {party!r} data")
+        stats[party] = party_stats(examples)
+        memory[party] = memory_report(bundle, training, examples)
+    return make_plans(config, stats, memory)

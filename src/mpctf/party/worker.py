@@ -20,7 +20,7 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import ClassificationTask
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
-from mpctf.party.planning import party_stats
+from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.trainer import TrainSettings, train_round
 from mpctf.runtime.base import PartyHandler
 
@@ -56,7 +56,10 @@ class PartyWorker:
 
     def describe(self) -> bytes:
         stats = party_stats(self.examples)
-        return pack({}, {"kind": "describe", "party": self.party, **dataclasses.asdict(stats)})
+        memory = memory_report(self.bundle, self.training, self.examples)
+        return pack(
+            {}, {"kind": "describe", "party": self.party, **dataclasses.asdict(stats), "memory": memory}
+        )
 
     def train(self, task: RoundTask) -> Update:
         plan = PartyPlan(**task.instructions["plan"])

@@ -102,6 +102,7 @@ class RoundLoop:
         describe = RoundTask(round=0, state={}, instructions={"op": "describe"}).to_bytes()
         parties = self.backend.party_names()
         stats: dict[str, PartyDataStats] = {}
+        memory: dict[str, dict[str, Any]] = {}
         for reply in self.backend.train_round(
             dict.fromkeys(parties, describe), self.config.federation.round_timeout_s
         ):
@@ -111,7 +112,8 @@ class RoundLoop:
             stats[reply.party] = PartyDataStats(
                 num_samples=header["num_samples"], token_lengths=header["token_lengths"]
             )
-        plans = make_plans(self.config, stats)
+            memory[reply.party] = header.get("memory", {})
+        plans = make_plans(self.config, stats, memory)
         for plan in plans.values():
             self.log.write("plan", **dataclasses.asdict(plan))
         return plans
