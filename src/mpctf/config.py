@@ -121,6 +121,8 @@ class PartyConfig(Strict):
     #: This party's LoRA rank and alpha when they differ from ``training.lora`` (heterogeneous-rank strategies).
     lora_rank: PositiveInt | None = None
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
+    #: Memory this party may use for training, in GiB; caps what the party measures as free.
+    memory_gb: Annotated[float, Field(gt=0)] | None = None
 
 
 class FederationConfig(Strict):
@@ -188,9 +190,13 @@ class RunConfig(Strict):
     def party_names(self) -> list[str]:
         return [p.name for p in self.parties]
 
+    def party(self, name: str) -> PartyConfig:
+        """The config entry of one party."""
+        return next(p for p in self.parties if p.name == name)
+
     def party_training(self, party: str) -> TrainingConfig:
         """``training`` with the party's own LoRA rank/alpha applied."""
-        spec = next(p for p in self.parties if p.name == party)
+        spec = self.party(party)
         lora = self.training.lora.model_copy(
             update={
                 "r": spec.lora_rank or self.training.lora.r,

@@ -81,7 +81,7 @@ class FederatedData:
 
     def party_rows(self, party: str) -> list[Row]:
         """The training rows of one party: its own files, or its share of the shared dataset."""
-        spec = next(p for p in self.config.parties if p.name == party)
+        spec = self.config.party(party)
         if spec.data is not None:
             return load_rows(spec.data, self.config.seed)
         shared = self._load_shared()

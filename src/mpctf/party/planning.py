@@ -23,7 +23,7 @@ def party_stats(examples: Sequence[Example]) -> PartyDataStats:
 
 
 def memory_report(
-    bundle: ModelBundle, training: TrainingConfig, examples: Sequence[Example]
+    bundle: ModelBundle, training: TrainingConfig, examples: Sequence[Example], cap_gb: float | None = None
 ) -> dict[str, Any]:
     """What a party reports about its memory: free bytes now, and the estimated peak of a training step for
     each micro-batch size that divides the batch (at the party's longest sequence). Empty for models the
@@ -54,7 +54,10 @@ def memory_report(
             lora_targets=tuple(training.lora.target_modules),
         )
         peaks[str(micro)] = estimate.total
-    return {"available_bytes": available_memory(device), "peak_bytes": peaks}
+    free = available_memory(device)
+    if cap_gb is not None:
+        free = min(free, int(cap_gb * 2**30))
+    return {"available_bytes": free, "peak_bytes": peaks}
 
 
 def _budget(report: dict[str, Any]) -> MemoryBudget | None:
@@ -96,5 +99,5 @@ def local_plans(config: RunConfig) -> dict[str, PartyPlan]:
         task = ClassificationTask(config.task, bundle.tokenizer, training.max_length)
         examples = task.encode_all(data.party_rows(party), f"party {party!r} data")
         stats[party] = party_stats(examples)
-        memory[party] = memory_report(bundle, training, examples)
+        memory[party] = memory_report(bundle, training, examples, config.party(party).memory_gb)
     return make_plans(config, stats, memory)

@@ -56,7 +56,9 @@ class PartyWorker:
 
     def describe(self) -> bytes:
         stats = party_stats(self.examples)
-        memory = memory_report(self.bundle, self.training, self.examples)
+        memory = memory_report(
+            self.bundle, self.training, self.examples, self.config.party(self.party).memory_gb
+        )
         return pack(
             {}, {"kind": "describe", "party": self.party, **dataclasses.asdict(stats), "memory": memory}
         )
