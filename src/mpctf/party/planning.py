@@ -52,12 +52,18 @@ def memory_report(
             param_bytes=torch.finfo(params[0].dtype).bits // 8,
             mode="full" if training.mode == "full" else "lora",
             lora_targets=tuple(training.lora.target_modules),
+            attn_implementation=_attention_kind(cfg),
         )
         peaks[str(micro)] = estimate.total
     free = available_memory(device)
     if cap_gb is not None:
         free = min(free, int(cap_gb * 2**30))
     return {"available_bytes": free, "peak_bytes": peaks}
+
+
+def _attention_kind(cfg: Any) -> str:
+    kind = getattr(cfg, "_attn_implementation", None) or "eager"
+    return kind if kind in ("eager", "sdpa", "flash_attention_2") else "sdpa"
 
 
 def _budget(report: dict[str, Any]) -> MemoryBudget | None:

@@ -63,7 +63,9 @@ def train_round(
         ]
         for chunk in micro:
             batch = collate(chunk, bundle.pad_id).to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
             loss = answer_loss(logits, batch.labels)
             extra = hooks.extra_loss(params)
             total = loss if extra is None else loss + extra

@@ -22,7 +22,7 @@ def evaluate_examples(
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         batch = collate(chunk, bundle.pad_id).to(bundle.device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         predicted = verbalizer_predictions(logits, batch.prompt_end, task.first_answer_ids)
         correct += int((predicted == batch.label).sum())
         loss_sum += float(answer_loss(logits, batch.labels)) * len(chunk)
