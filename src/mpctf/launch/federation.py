@@ -11,10 +11,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from mpctf.config import RunConfig, dump_config
 from mpctf.launch.flower_local import launch_flower_local
 from mpctf.launch.flower_services import PartySpec
-
-from mpctf.config import RunConfig, dump_config
 from mpctf.report.metrics import MetricsTail, Record, read_metrics
 from mpctf.server.loop import RunResult
 
