@@ -51,6 +51,15 @@ def _tls_handshake(port: int, ca: Path, timeout_s: float = 120.0) -> bool:
     return False
 
 
+def test_open_server_off_loopback_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "fed.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path)))
+    done = subprocess.run(
+        [*MPCTF, "server", str(config), "--host", "0.0.0.0"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "need TLS and party keys" in done.stderr
+
+
 def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
     cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 1, "federation.min_parties": 2})
     config = tmp_path / "fed.yaml"
@@ -89,6 +98,8 @@ def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
                 f"127.0.0.1:{port}",
                 "--root-cert",
                 str(certs / "ca.crt"),
+                "--auth-key",
+                str(certs / "parties" / name),
                 "--work-dir",
                 str(tmp_path / name),
             ],

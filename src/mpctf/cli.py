@@ -158,26 +158,62 @@ def server(
     port: Annotated[int, typer.Option(help="Port the SuperLink listens on.")] = 9093,
     certs_dir: Annotated[
         Path | None,
-        typer.Option("--certs", help="Folder made by `mpctf certs` (TLS on); omit only on a trusted LAN."),
+        typer.Option(
+            "--certs", help="Folder made by `mpctf certs`: TLS on, and only parties with a key there join."
+        ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Allow no TLS and no party keys on a non-loopback address (trusted networks only)."
+        ),
+    ] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Where to write the run.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue RUN_DIR from its last completed round.")] = False,
 ) -> None:
     """Start only the server side; parties join with `mpctf party` from their own hosts."""
     from mpctf.api import new_run_dir
     from mpctf.config import load_config
+    from mpctf.errors import ConfigError
     from mpctf.launch.federation import serve_server
     from mpctf.report.progress import ProgressView
     from mpctf.report.render import render_report
 
     cfg = load_config(config)
+    if certs_dir is None and host not in ("127.0.0.1", "localhost", "::1") and not insecure:
+        raise ConfigError(
+            f"--host {host}: parties on other hosts need TLS and party keys; pass --certs DIR (from `mpctf certs`), "
+            "or --insecure on a trusted network"
+        )
     target = run_dir or new_run_dir(cfg)
+    keys = _party_keys(certs_dir, cfg.party_names)
     with ProgressView(cfg.federation.rounds, err) as view:
         result = serve_server(
-            cfg, target, host=host, port=port, tls=_server_tls(certs_dir), resume=resume, listeners=[view]
+            cfg,
+            target,
+            host=host,
+            port=port,
+            tls=_server_tls(certs_dir),
+            party_public_keys=keys,
+            resume=resume,
+            listeners=[view],
         )
     render_report(target)
     out.print(f"run directory: {result.run_dir}")
+
+
+def _party_keys(certs_dir: Path | None, parties: list[str]) -> dict[str, Path] | None:
+    from mpctf.errors import ConfigError
+
+    if certs_dir is None:
+        return None
+    keys = {p: certs_dir / "parties" / f"{p}.pub" for p in parties}
+    missing = [str(k) for k in keys.values() if not k.is_file()]
+    if missing:
+        raise ConfigError(
+            f"--certs: no public key for {', '.join(missing)} (run `mpctf certs` with every --party)"
+        )
+    return keys
 
 
 def _server_tls(certs_dir: Path | None) -> Any:
@@ -206,6 +242,9 @@ def party(
     root_cert: Annotated[
         Path | None, typer.Option(help="The federation's ca.crt (TLS); omit only on a trusted LAN.")
     ] = None,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="This party's private key from `mpctf certs` (parties/NAME).")
+    ] = None,
     work_dir: Annotated[Path, typer.Option(help="Where this party keeps its logs.")] = Path("mpctf-party"),
 ) -> None:
     """Start one party (its model worker and SuperNode) and serve the federation until it ends."""
@@ -213,10 +252,12 @@ def party(
     from mpctf.errors import ConfigError
     from mpctf.launch.federation import serve_party
 
-    if root_cert is not None and not root_cert.is_file():
-        raise ConfigError(f"--root-cert: file not found: {root_cert}")
-    code = serve_party(load_config(config), name, work_dir, superlink=server_address, root_cert=root_cert)
-    raise typer.Exit(code)
+    for flag, path in (("--root-cert", root_cert), ("--auth-key", auth_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag}: file not found: {path}")
+    serve_party(
+        load_config(config), name, work_dir, superlink=server_address, root_cert=root_cert, auth_key=auth_key
+    )
 
 
 @app.command()

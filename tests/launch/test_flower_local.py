@@ -1,14 +1,13 @@
 """The local Flower launcher on real processes: SuperLink, two party workers and SuperNodes, a test driver.
 
 Each run costs about half a minute (Flower's SuperNodes poll every 3 s), so these few tests cover the whole
-path at once: the split start over TLS and the local launch, results and per-reply seconds, a party crashing
-mid-run, the driver's own error reaching the caller, a worker that fails to start, and no process left behind.
+path at once: the split start with TLS and party keys, the local launch, results and per-reply seconds, a
+party crashing mid-run, the driver's own error reaching the caller, a worker that fails to start, and no
+process left behind.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import threading
@@ -16,12 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mpctf.errors import DataError, LaunchError
+from mpctf.launch.certs import create_certificates
 from mpctf.launch.flower_local import launch_flower_local, launch_flower_server, serve_flower_party
 from mpctf.launch.flower_services import PartySpec, free_port
 from mpctf.runtime.flower.commands import ServerTls
@@ -51,48 +47,14 @@ def left_behind(run_dir: Path) -> list[str]:
     return found
 
 
-def make_tls(folder: Path) -> ServerTls:
-    """A throw-away CA and a SuperLink certificate for 127.0.0.1."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-
-    def issue(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca = issue(ca_name, ca_key.public_key()).add_extension(
-        x509.BasicConstraints(ca=True, path_length=None), True
-    )
-    server = issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")]), key.public_key())
-    localhost = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    server = server.add_extension(localhost, False)
-    tls = ServerTls(folder / "ca.pem", folder / "superlink.pem", folder / "superlink.key")
-    folder.mkdir()
-    tls.ca_cert.write_bytes(ca.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(server.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return tls
-
-
 def parties(**extra: dict[str, str]) -> list[PartySpec]:
     return [PartySpec(name, {"party": name, **extra.get(name, {})}) for name in ("alice", "bob")]
 
 
-def test_split_start_over_tls_two_parties_two_rounds(tmp_path: Path) -> None:
+def test_split_start_with_tls_and_party_keys_two_rounds(tmp_path: Path) -> None:
     """``mpctf server`` and two ``mpctf party`` launches (threads here, hosts in real life), each its own folder."""
-    tls = make_tls(tmp_path / "tls")
+    certs = create_certificates(tmp_path / "certs", ["127.0.0.1"], ["alice", "bob"])
+    tls = ServerTls(certs.ca_cert, certs.server_cert, certs.server_key)
     port = free_port()
     outcome: dict[str, BaseException | None] = {}
 
@@ -103,7 +65,8 @@ def test_split_start_over_tls_two_parties_two_rounds(tmp_path: Path) -> None:
                 party,
                 superlink=f"127.0.0.1:{port}",
                 handler_factory="flower_fixtures:make_sum_handler",
-                root_cert=tls.ca_cert,
+                root_cert=certs.ca_cert,
+                auth_key=certs.party_private_keys[party.name],
                 reconnect_s=3,
             )
             outcome[party.name] = None
@@ -123,6 +86,8 @@ def test_split_start_over_tls_two_parties_two_rounds(tmp_path: Path) -> None:
         host="127.0.0.1",
         port=port,
         tls=tls,
+        party_public_keys=certs.party_public_keys,
+        party_wait_s=90,
         on_tick=lambda: ticks.append(None),
     )
     for thread in threads:

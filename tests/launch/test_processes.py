@@ -86,6 +86,22 @@ def test_check_names_the_dead_process_and_quotes_its_log(tmp_path: Path) -> None
     assert group.exited()["bad"] == 7
 
 
+def test_restart_reuses_the_command_and_log_and_still_stops_what_the_first_run_left(tmp_path: Path) -> None:
+    # The first run exits but leaves a grandchild behind in its process group, as a dying SuperNode may;
+    # the second run (it finds the marker) stays up.
+    script = "sleep 300 & echo run; [ -e marker ] && wait; touch marker; exit 3"
+    with ProcessGroup(tmp_path) as group:
+        first = group.start("node", ["sh", "-c", script], cwd=tmp_path)
+        assert first.popen.wait() == 3
+        assert len(alive([first.pid])) == 1
+        second = group.restart("node")
+        wait_for_line(first.log_path, "run\nrun")
+        with pytest.raises(ValueError, match="still running"):
+            group.restart("node")
+        assert group.exited() == {}
+    assert alive([first.pid, second.pid]) == []
+
+
 def test_a_command_that_cannot_start_is_a_launch_error(tmp_path: Path) -> None:
     with ProcessGroup(tmp_path) as group, pytest.raises(LaunchError, match="could not start nope"):
         group.start("nope", ["/definitely/not/here"])

@@ -64,10 +64,14 @@ def serve_server(
     host: str,
     port: int,
     tls: ServerTls | None,
+    party_public_keys: dict[str, Path] | None,
     resume: bool,
     listeners: list[Callable[[Record], None]],
 ) -> RunResult:
-    """The server side alone (``mpctf server``): the run starts once ``federation.min_parties`` have joined."""
+    """The server side alone (``mpctf server``): the run starts once ``federation.min_parties`` have joined.
+
+    With ``party_public_keys`` only those parties' SuperNodes may join (Flower node authentication).
+    """
     config_path = _prepare(config, run_dir, resume)
     tail = MetricsTail(run_dir / "metrics.jsonl", listeners)
     launch_flower_server(
@@ -78,6 +82,7 @@ def serve_server(
         host=host,
         port=port,
         tls=tls,
+        party_public_keys=party_public_keys,
         party_wait_s=config.federation.round_timeout_s,
         on_tick=tail.poll,
     )
@@ -86,8 +91,14 @@ def serve_server(
 
 
 def serve_party(
-    config: RunConfig, party: str, work_dir: Path, *, superlink: str, root_cert: Path | None
-) -> int:
+    config: RunConfig,
+    party: str,
+    work_dir: Path,
+    *,
+    superlink: str,
+    root_cert: Path | None,
+    auth_key: Path | None,
+) -> None:
     """One party alone (``mpctf party``): its worker and SuperNode, until the federation ends."""
     if party not in config.party_names:
         raise ConfigError(
@@ -97,8 +108,13 @@ def serve_party(
     config_path = work_dir / "config.yaml"
     config_path.write_text(dump_config(config))
     spec = _party_spec(config, config_path, party, parties_on_host=1)
-    return serve_flower_party(
-        work_dir, spec, superlink=superlink, handler_factory=HANDLER_FACTORY, root_cert=root_cert
+    serve_flower_party(
+        work_dir,
+        spec,
+        superlink=superlink,
+        handler_factory=HANDLER_FACTORY,
+        root_cert=root_cert,
+        auth_key=auth_key,
     )
 
 

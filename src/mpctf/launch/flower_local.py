@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from mpctf.errors import ConfigError, FederationError
+from mpctf.errors import ConfigError, FederationError, LaunchError
 from mpctf.launch.flower_services import (
     CLI_TIMEOUT_S,
     PartySpec,
@@ -35,14 +35,16 @@ from mpctf.launch.flower_services import (
     wait_until,
     wait_worker,
 )
-from mpctf.launch.processes import ProcessGroup, signals_raise
+from mpctf.launch.processes import ProcessGroup, read_end, signals_raise
 from mpctf.runtime.flower import commands, protocol
-from mpctf.runtime.flower.commands import RunStatus, ServerTls
+from mpctf.runtime.flower.commands import PartyKey, RunStatus, ServerTls
 
 Tick = Callable[[], None]
 
 #: How often ``on_tick`` is called while a run goes on, and the longest pause between two run-status asks.
 TICK_S = 1.0
+#: Pause before starting again a SuperNode that the SuperLink refused during startup.
+RETRY_S = 2.0
 STATUS_EVERY_MAX_S = 10.0
 
 
@@ -70,6 +72,7 @@ def launch_flower_local(
     startup_timeout_s: float = 600.0,
     on_tick: Tick | None = None,
     tls: ServerTls | None = None,
+    party_keys: Mapping[str, PartyKey] | None = None,
     grace_s: float = 5.0,
 ) -> FlowerRunResult:
     """Start a whole federation on this host, run ``driver`` in its ServerApp, tear everything down.
@@ -77,18 +80,26 @@ def launch_flower_local(
     ``driver`` is ``package.module:function`` called as ``driver(backend, dict(settings))`` once all parties are
     online; ``handler_factory`` is ``package.module:function`` called once in each party worker with that
     party's ``handler_kwargs`` to build its request handler. ``startup_timeout_s`` bounds each startup wait
-    (model loading in the workers included).
+    (model loading in the workers included). ``tls`` encrypts every connection to the SuperLink;
+    ``party_keys`` (one per party) makes the SuperLink accept only those parties' SuperNodes.
     """
     names = [p.name for p in parties]
     if not names or len(set(names)) != len(names):
         raise ConfigError(f"parties must be at least one, with unique names; got {names}")
+    if party_keys is not None and (missing := sorted(set(names) - set(party_keys))):
+        raise ConfigError(f"no authentication key for parties {missing}")
+    keys = party_keys or {}
+    public_keys = {name: key.public_key for name, key in keys.items()} if party_keys is not None else None
     with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
-        link = start_superlink(run_dir, group, tls=tls)
+        link = start_superlink(run_dir, group, tls=tls, party_public_keys=public_keys)
         # Every worker starts loading its model before the first is waited for.
         ready = {p.name: start_worker(run_dir, group, p, handler_factory) for p in parties}
         for name, ready_file in ready.items():
             address = wait_worker(group, name, ready_file, startup_timeout_s)
-            start_supernode(run_dir, group, name, link.address, address, root_cert=link.root_cert)
+            private_key = keys[name].private_key if name in keys else None
+            start_supernode(
+                run_dir, group, name, link.address, address, root_cert=link.root_cert, auth_key=private_key
+            )
         wait_until(
             lambda: online_parties(link) >= len(parties),
             group,
@@ -117,6 +128,7 @@ def launch_flower_server(
     host: str = "0.0.0.0",
     port: int = 9093,
     tls: ServerTls | None = None,
+    party_public_keys: Mapping[str, Path] | None = None,
     party_wait_s: float = 600.0,
     on_tick: Tick | None = None,
     grace_s: float = 5.0,
@@ -124,10 +136,13 @@ def launch_flower_server(
     """The server side of a split launch: a SuperLink on ``host:port`` and the run, once ``min_parties`` joined.
 
     The parties join with :func:`serve_flower_party` from their own hosts, before or after this starts; the
-    ServerApp waits up to ``party_wait_s`` for them.
+    ServerApp waits up to ``party_wait_s`` for them. With ``party_public_keys`` (party name → OpenSSH public
+    key) only those parties may join.
     """
     with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
-        link = start_superlink(run_dir, group, host=host, port=port, tls=tls)
+        link = start_superlink(
+            run_dir, group, host=host, port=port, tls=tls, party_public_keys=party_public_keys
+        )
         return run_federation(
             run_dir,
             group,
@@ -147,6 +162,7 @@ def serve_flower_party(
     superlink: str,
     handler_factory: str,
     root_cert: Path | None = None,
+    auth_key: Path | None = None,
     startup_timeout_s: float = 600.0,
     reconnect_s: float = 60.0,
     on_tick: Tick | None = None,
@@ -156,6 +172,8 @@ def serve_flower_party(
 
     Waits up to ``startup_timeout_s`` for the SuperLink at ``superlink`` to answer, then serves until it has
     stopped answering for ``reconnect_s`` (the server's run is over, or its host is lost) and returns.
+    ``root_cert`` is the CA certificate of a TLS SuperLink, ``auth_key`` this party's private key when the
+    SuperLink authenticates parties.
     ``LaunchError`` if the worker or the SuperNode dies, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
     """
     with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
@@ -166,18 +184,41 @@ def serve_flower_party(
             superlink=superlink,
             handler_factory=handler_factory,
             root_cert=root_cert,
+            auth_key=auth_key,
             startup_timeout_s=startup_timeout_s,
         )
         reachable = partial(superlink_healthy, superlink, root_cert)
-        wait_until(reachable, group, startup_timeout_s, f"the SuperLink at {superlink}", every_s=1.0)
-        last_seen = time.monotonic()
-        while time.monotonic() - last_seen < reconnect_s:
-            group.check()
-            if reachable():
-                last_seen = time.monotonic()
-            if on_tick is not None:
-                on_tick()
-            time.sleep(TICK_S)
+        _serve_until_gone(group, party.name, reachable, startup_timeout_s, reconnect_s, on_tick)
+
+
+def _serve_until_gone(
+    group: ProcessGroup,
+    party: str,
+    reachable: Callable[[], bool],
+    startup_timeout_s: float,
+    reconnect_s: float,
+    on_tick: Tick | None,
+) -> None:
+    """Keep a party's processes up until its SuperLink, once seen, has been silent for ``reconnect_s``."""
+    supernode = f"supernode-{party}"
+    started = time.monotonic()
+    last_seen: float | None = None
+    while last_seen is None or time.monotonic() - last_seen < reconnect_s:
+        starting = time.monotonic() - started < startup_timeout_s
+        # A SuperNode that reaches the SuperLink before the server has registered its key is refused and exits:
+        # try again while the startup time lasts.
+        ended = supernode in group.exited()
+        if starting and ended and commands.supernode_refused(read_end(group.log_dir / f"{supernode}.log")):
+            time.sleep(RETRY_S)
+            group.restart(supernode)
+        group.check()
+        if reachable():
+            last_seen = time.monotonic()
+        elif last_seen is None and not starting:
+            raise LaunchError(f"party {party!r}: the SuperLink did not answer within {startup_timeout_s:g} s")
+        if on_tick is not None:
+            on_tick()
+        time.sleep(TICK_S)
 
 
 def run_federation(

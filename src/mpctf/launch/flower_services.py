@@ -106,13 +106,18 @@ def start_superlink(
     host: str = "127.0.0.1",
     port: int | None = None,
     tls: ServerTls | None = None,
+    party_public_keys: Mapping[str, Path] | None = None,
     timeout_s: float = 60.0,
 ) -> SuperLink:
-    """Start the SuperLink on ``host:port`` (a free port if None) and wait until its health check answers."""
+    """Start the SuperLink on ``host:port`` (a free port if None) and wait until its health check answers.
+
+    With ``party_public_keys`` (party name → OpenSSH public key) only those parties' SuperNodes may join.
+    """
     port = port or free_port(host)
     home = run_dir / "flower" / "superlink"
     home.mkdir(parents=True, exist_ok=True)
-    group.start("superlink", commands.superlink_argv(port, host=host, tls=tls), env=child_env(home), cwd=home)
+    argv = commands.superlink_argv(port, host=host, tls=tls, node_auth=party_public_keys is not None)
+    group.start("superlink", argv, env=child_env(home), cwd=home)
     local = f"127.0.0.1:{port}"
     root_cert = tls.ca_cert if tls is not None else None
     wait_until(
@@ -122,7 +127,11 @@ def start_superlink(
         f"the SuperLink to answer on {local}",
         log_path=group.log_dir / "superlink.log",
     )
-    return connect_cli(run_dir, local, root_cert=root_cert)
+    link = connect_cli(run_dir, local, root_cert=root_cert)
+    for party, public_key in (party_public_keys or {}).items():
+        what = f"registering party {party!r}'s key {public_key}"
+        commands.parse_json(flwr(link, commands.register_argv(public_key, party), what), what)
+    return link
 
 
 def connect_cli(run_dir: Path, address: str, *, root_cert: Path | None = None) -> SuperLink:
@@ -208,12 +217,19 @@ def start_supernode(
     worker_address: str,
     *,
     root_cert: Path | None = None,
+    auth_key: Path | None = None,
 ) -> None:
-    """Start the party's SuperNode, whose ClientApps forward tasks to the worker at ``worker_address``."""
+    """Start the party's SuperNode, whose ClientApps forward tasks to the worker at ``worker_address``.
+
+    ``root_cert`` is the CA certificate of a TLS SuperLink, ``auth_key`` the party's private key when the
+    SuperLink authenticates SuperNodes.
+    """
     folder = run_dir / "parties" / party
     node_config = folder / "node-config.toml"
     node_config.write_text(protocol.node_config(party, worker_address, folder / "authkey"))
-    argv = commands.supernode_argv(superlink, free_port(), node_config, root_cert=root_cert)
+    argv = commands.supernode_argv(
+        superlink, free_port(), node_config, root_cert=root_cert, auth_key=auth_key
+    )
     group.start(f"supernode-{party}", argv, env=child_env(folder / "flower"), cwd=folder)
 
 
@@ -225,9 +241,10 @@ def start_party(
     superlink: str,
     handler_factory: str,
     root_cert: Path | None = None,
+    auth_key: Path | None = None,
     startup_timeout_s: float = 600.0,
 ) -> None:
     """Start one party: its worker, then (once the model is loaded) its SuperNode pointing at ``superlink``."""
     ready_file = start_worker(run_dir, group, party, handler_factory)
     address = wait_worker(group, party.name, ready_file, startup_timeout_s)
-    start_supernode(run_dir, group, party.name, superlink, address, root_cert=root_cert)
+    start_supernode(run_dir, group, party.name, superlink, address, root_cert=root_cert, auth_key=auth_key)

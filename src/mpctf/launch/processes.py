@@ -33,11 +33,14 @@ _KILL_WAIT_S = 5.0
 
 @dataclass
 class Child:
-    """One started process: its name and log file."""
+    """One started process: its name, log file, and how it was started (for :meth:`ProcessGroup.restart`)."""
 
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str]
+    env: dict[str, str] | None
+    cwd: Path | None
 
     @property
     def pid(self) -> int:
@@ -50,7 +53,8 @@ class ProcessGroup:
     def __init__(self, log_dir: Path, *, grace_s: float = 5.0) -> None:
         self.log_dir = log_dir
         self.grace_s = grace_s
-        self._children: dict[str, Child] = {}
+        self._children: dict[str, Child] = {}  # the current process of each name
+        self._started: list[Child] = []  # every process ever started, restarted ones included
         self._stopped: set[int] = set()
 
     def __enter__(self) -> ProcessGroup:
@@ -69,6 +73,7 @@ class ProcessGroup:
             raise ValueError(f"a process named {name!r} was already started")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
+        child_env = dict(env) if env is not None else None
         with log_path.open("ab") as log:
             try:
                 popen = subprocess.Popen(
@@ -76,15 +81,24 @@ class ProcessGroup:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=dict(env) if env is not None else None,
+                    env=child_env,
                     cwd=cwd,
                     start_new_session=True,
                 )
             except OSError as exc:
                 raise LaunchError(f"could not start {name} ({argv[0]}): {exc}") from None
-        child = Child(name, popen, log_path)
+        child = Child(name, popen, log_path, list(argv), child_env, cwd)
         self._children[name] = child
+        self._started.append(child)
         return child
+
+    def restart(self, name: str) -> Child:
+        """Start an ended child again, same command, same log; what it spawned is still stopped at the end."""
+        old = self._children[name]
+        if old.popen.poll() is None:
+            raise ValueError(f"{name} is still running")
+        del self._children[name]
+        return self.start(name, old.argv, env=old.env, cwd=old.cwd)
 
     def children(self) -> list[Child]:
         return list(self._children.values())
@@ -103,14 +117,14 @@ class ProcessGroup:
         """SIGTERM every process group, SIGKILL what is left after the grace period; safe to call twice."""
         with _signals_ignored():
             # A group already stopped is never signalled again: its id may by now belong to another process.
-            groups = [c.pid for c in self._children.values() if c.pid not in self._stopped]
+            groups = [c.pid for c in self._started if c.pid not in self._stopped]
             for pgid in groups:
                 _signal_group(pgid, signal.SIGTERM)
             self._wait_empty(groups, self.grace_s)
             for pgid in groups:
                 _signal_group(pgid, signal.SIGKILL)
             self._wait_empty(groups, _KILL_WAIT_S)  # SIGKILL is asynchronous: return once they are gone
-            for child in self._children.values():
+            for child in self._started:
                 child.popen.wait()
             self._stopped.update(groups)
 
@@ -120,7 +134,7 @@ class ProcessGroup:
             time.sleep(0.05)
 
     def _group_alive(self, pgid: int) -> bool:
-        for child in self._children.values():
+        for child in self._started:
             child.popen.poll()  # reap our own children, or their zombies would keep the group alive
         try:
             os.killpg(pgid, 0)
@@ -149,14 +163,18 @@ def describe_exit(child: Child, code: int, lines: int = 3) -> str:
 
 def tail(path: Path, lines: int = 3) -> str:
     """The last non-empty ``lines`` of a text file, joined with `` | ``."""
+    kept = [line.strip() for line in read_end(path).splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def read_end(path: Path, max_bytes: int = 8192) -> str:
+    """The last ``max_bytes`` of a log file as text; empty if it cannot be read."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-            text = f.read().decode(errors="replace")
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            return f.read().decode(errors="replace")
     except OSError:
         return ""
-    kept = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

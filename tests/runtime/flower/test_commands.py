@@ -69,6 +69,8 @@ def test_superlink_command_line_with_and_without_tls() -> None:
     assert tls[tls.index("--ssl-ca-certfile") + 1] == "ca"
     assert tls[tls.index("--ssl-certfile") + 1] == "crt"
     assert tls[tls.index("--ssl-keyfile") + 1] == "key"
+    assert "--enable-supernode-auth" not in tls
+    assert "--enable-supernode-auth" in commands.superlink_argv(9093, node_auth=True)
 
 
 def test_supernode_command_line() -> None:
@@ -80,6 +82,16 @@ def test_supernode_command_line() -> None:
     secure = commands.supernode_argv("h:1", 9100, Path("n.toml"), root_cert=Path("ca.pem"))
     assert "--insecure" not in secure
     assert secure[secure.index("--root-certificates") + 1] == "ca.pem"
+    assert "--auth-supernode-private-key" not in secure
+    signed = commands.supernode_argv("h:1", 9100, Path("n.toml"), auth_key=Path("parties/bob"))
+    assert signed[signed.index("--auth-supernode-private-key") + 1] == "parties/bob"
+
+
+def test_register_command_line() -> None:
+    argv = commands.register_argv(Path("keys/bob.pub"), "bob")
+    assert argv[:4] == ["flwr", "supernode", "register", "keys/bob.pub"]
+    assert argv[argv.index("--name") + 1] == "bob"
+    assert argv[-2:] == ["--format", "json"]
 
 
 def test_cli_config_holds_one_default_connection() -> None:
@@ -137,3 +149,10 @@ def test_run_error_prefers_the_drivers_own_error() -> None:
     assert str(error) == (
         "the Flower run ended failed: ServerApp failed with exception: KeyError 'x' (see logs/serverapp.log)"
     )
+
+
+def test_supernode_refusal_is_read_from_its_last_logged_exit() -> None:
+    refused = "Connection attempt failed\nERROR: Exit Code: 305\nFailed to activate SuperNode.\n"
+    assert commands.supernode_refused(refused)
+    assert not commands.supernode_refused(refused + "Starting Flower SuperNode\nERROR: Exit Code: 300\n")
+    assert not commands.supernode_refused("SuperNode terminated gracefully.\n")

@@ -9,6 +9,7 @@ because Flower itself starts ``flower-superexec`` and ``flwr-clientapp`` that wa
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from mpctf.runtime.flower import protocol
 
 #: The name of the SuperLink connection in each launch's own ``$FLWR_HOME/config.toml``.
 CONNECTION = "mpctf"
+
+#: Flower's code for "the SuperNode could not connect", logged as ``Exit Code: 305`` (the process exits with 1).
+_SUPERNODE_REFUSED = 305
+_EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 
 #: Environment that turns off Flower's telemetry and its update check.
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -30,6 +35,17 @@ class ServerTls:
     ca_cert: Path
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class PartyKey:
+    """A party's SuperNode authentication key pair (OpenSSH ECDSA, as ``mpctf certs`` writes them).
+
+    The SuperLink registers the public key; the party's SuperNode signs its requests with the private key.
+    """
+
+    private_key: Path
+    public_key: Path
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,13 @@ class RunStatus:
         return self.finished and self.sub_status == "completed"
 
 
-def superlink_argv(port: int, *, host: str = "127.0.0.1", tls: ServerTls | None = None) -> list[str]:
-    """``flower-superlink`` serving every API on ``host:port``, never installing dependencies per run."""
+def superlink_argv(
+    port: int, *, host: str = "127.0.0.1", tls: ServerTls | None = None, node_auth: bool = False
+) -> list[str]:
+    """``flower-superlink`` serving every API on ``host:port``, never installing dependencies per run.
+
+    With ``node_auth`` only SuperNodes whose public key was registered (:func:`register_argv`) may connect.
+    """
     argv = [
         "flower-superlink",
         "--host",
@@ -60,6 +81,8 @@ def superlink_argv(port: int, *, host: str = "127.0.0.1", tls: ServerTls | None 
         str(port),
         "--disable-runtime-dependency-installation",
     ]
+    if node_auth:
+        argv.append("--enable-supernode-auth")
     if tls is None:
         return [*argv, "--insecure"]
     return [
@@ -74,16 +97,28 @@ def superlink_argv(port: int, *, host: str = "127.0.0.1", tls: ServerTls | None 
 
 
 def supernode_argv(
-    superlink: str, runtime_port: int, node_config_file: Path, *, root_cert: Path | None = None
+    superlink: str,
+    runtime_port: int,
+    node_config_file: Path,
+    *,
+    root_cert: Path | None = None,
+    auth_key: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` of one party; ``runtime_port`` must differ between SuperNodes of one host.
 
     It retries an absent SuperLink forever (and, in Flower 1.41, does not exit even when told to give up): the
-    party launcher decides when the federation is gone.
+    party launcher decides when the federation is gone. ``auth_key`` is the party's private key.
     """
     argv = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port)]
     argv += ["--node-config", str(node_config_file)]
+    if auth_key is not None:
+        argv += ["--auth-supernode-private-key", str(auth_key)]
     return [*argv, "--insecure"] if root_cert is None else [*argv, "--root-certificates", str(root_cert)]
+
+
+def register_argv(public_key: Path, party: str) -> list[str]:
+    """Let the SuperNode holding the private half of ``public_key`` join (prints JSON)."""
+    return ["flwr", "supernode", "register", str(public_key), CONNECTION, "--name", party, "--format", "json"]
 
 
 def cli_config(superlink: str, *, root_cert: Path | None = None) -> str:
@@ -123,6 +158,12 @@ def stop_argv(run_id: str) -> list[str]:
 
 def nodes_argv() -> list[str]:
     return ["flwr", "supernode", "list", CONNECTION, "--format", "json"]
+
+
+def supernode_refused(log_text: str) -> bool:
+    """Whether the last exit a SuperNode logged is the SuperLink refusing it (e.g. its key not yet registered)."""
+    codes = _EXIT_CODE.findall(log_text)
+    return bool(codes) and int(codes[-1]) == _SUPERNODE_REFUSED
 
 
 def parse_json(stdout: str, what: str) -> dict[str, Any]:
