@@ -61,3 +61,13 @@ def test_certs_writes_credentials(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c/ca.crt").is_file() and (tmp_path / "c/parties/bob.pub").is_file()
     assert (tmp_path / "c/parties/alice").stat().st_mode & 0o077 == 0
+
+
+def test_plan_json_lists_every_party(tmp_path: Path) -> None:
+    import json
+
+    result = runner.invoke(app, ["plan", str(_write(tmp_path, tiny_config_dict(tmp_path))), "--json"])
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output)
+    assert sorted(plans) == ["alice", "bob"]
+    assert {"chunk_samples", "micro_batch", "grad_accum", "rounds_per_epoch", "est_peak_bytes"} <= set(plans["bob"])
