@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from mpctf.config import RunConfig
 from mpctf.data.chunking import PartyDataStats, PartyPlan, plan_parties
 from mpctf.data.federated import FederatedData
-from mpctf.data.tasks import ClassificationTask, Example
+from mpctf.data.tasks import Example, make_task
 from mpctf.errors import DataError
 from mpctf.model.loading import load_tokenizer
 
@@ -29,7 +29,7 @@ def make_plans(config: RunConfig, stats: dict[str, PartyDataStats]) -> dict[str,
 
 def local_plans(config: RunConfig) -> dict[str, PartyPlan]:
     """Plans computed on this machine, for parties whose data is readable here (simulations, ``mpctf plan``)."""
-    task = ClassificationTask(config.task, load_tokenizer(config.model.name), config.training.max_length)
+    task = make_task(config, load_tokenizer(config.model.name))
     data = FederatedData(config)
     stats = {
         p: party_stats(task.encode_all(data.party_rows(p), f"party {p!r} data")) for p in config.party_names
