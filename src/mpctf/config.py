@@ -165,6 +165,10 @@ class TrainingConfig(Strict):
 
     @model_validator(mode="after")
     def _mode_and_sections(self) -> TrainingConfig:
+        # Nothing to check for the defaults; returning early also keeps the default instance below from
+        # importing the modes (and torch) while this module is still being imported.
+        if not self.model_fields_set & {"mode", *MODE_SECTIONS}:
+            return self
         from mpctf.model.modes import MODES
 
         try:
