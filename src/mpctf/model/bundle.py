@@ -43,8 +43,9 @@ class ModelBundle:
         base = mode.load_base(seed=config.seed, vocab_size=len(tokenizer))
         try:
             model = mode.prepare(base, seed=config.seed)
-        except ValueError as exc:
-            raise ConfigError(f"config key `{exc}`") from None
+        except ValueError as exc:  # "<config key>: <reason>"
+            key, _, reason = str(exc).partition(": ")
+            raise ConfigError(f"config key `{key}`: {reason}") from None
         device = pick_device()
         mode.place(model, device)
         return cls(model, tokenizer, mode, device, time.perf_counter() - start)
