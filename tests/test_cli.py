@@ -70,4 +70,6 @@ def test_plan_json_lists_every_party(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     plans = json.loads(result.output)
     assert sorted(plans) == ["alice", "bob"]
-    assert {"chunk_samples", "micro_batch", "grad_accum", "rounds_per_epoch", "est_peak_bytes"} <= set(plans["bob"])
+    assert {"chunk_samples", "micro_batch", "grad_accum", "rounds_per_epoch", "est_peak_bytes"} <= set(
+        plans["bob"]
+    )

@@ -41,6 +41,8 @@ class ModelConfig(Strict):
     #: Hugging Face id already in the local cache.
     name: str = "smollm2-135m-instruct"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: Keep only the first N decoder layers (a smaller, faster model that still has the real embeddings).
+    num_layers: PositiveInt | None = None
 
 
 class LoraConfig(Strict):
@@ -50,9 +52,108 @@ class LoraConfig(Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
+class QloraConfig(Strict):
+    """The 4-bit base of ``mode: qlora`` (Dettmers et al., 2023); the adapter itself is ``training.lora``."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class PromptTuningConfig(Strict):
+    """``mode: prompt_tuning`` (Lester et al., 2021): trained embeddings of virtual tokens before the input."""
+
+    num_virtual_tokens: PositiveInt = 20
+    #: Start the virtual tokens from the embeddings of this text (repeated to length); random vocabulary
+    #: embeddings when absent.
+    init_text: str | None = None
+
+
+class PrefixTuningConfig(Strict):
+    """``mode: prefix_tuning`` (Li and Liang, 2021): trained keys and values prepended in every layer."""
+
+    num_virtual_tokens: PositiveInt = 20
+    #: Reparametrize the prefix through a two-layer MLP of this hidden size (the paper's stabilizer); off by default.
+    projection_hidden_size: PositiveInt | None = None
+
+
+class PTuningConfig(Strict):
+    """``mode: p_tuning`` (Liu et al., 2021, "GPT Understands, Too"): virtual tokens produced by an encoder."""
+
+    num_virtual_tokens: PositiveInt = 20
+    encoder: Literal["mlp", "lstm"] = "mlp"
+    encoder_hidden_size: PositiveInt = 128
+    encoder_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class Ia3Config(Strict):
+    """``mode: ia3`` (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper"):
+    learned rescaling vectors on the named modules' activations."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"], min_length=1)
+    #: Those of ``target_modules`` that are feed-forward layers (IA3 scales their input, not their output).
+    feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj"])
+
+    @model_validator(mode="after")
+    def _feedforward_subset(self) -> Ia3Config:
+        extra = [m for m in self.feedforward_modules if m not in self.target_modules]
+        if extra:
+            raise ValueError(
+                f"`feedforward_modules` must be a subset of `target_modules`; {', '.join(extra)} is not"
+            )
+        return self
+
+
+class ArchitectureConfig(Strict):
+    """The shape of a Llama model built with random weights (``mode: pretrain`` with ``from_scratch``)."""
+
+    hidden_size: PositiveInt = 256
+    intermediate_size: PositiveInt = 768
+    num_hidden_layers: PositiveInt = 4
+    num_attention_heads: PositiveInt = 4
+    num_key_value_heads: PositiveInt = 2
+    max_position_embeddings: PositiveInt = 1024
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ArchitectureConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` {self.hidden_size} must be divisible by `num_attention_heads` "
+                f"{self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"`num_attention_heads` {self.num_attention_heads} must be divisible by `num_key_value_heads` "
+                f"{self.num_key_value_heads}"
+            )
+        return self
+
+
+class PretrainConfig(Strict):
+    """``mode: pretrain``: every parameter trained, from random weights or from ``model.name``'s weights."""
+
+    #: True: a Llama of ``architecture`` with random weights and ``model.name``'s tokenizer; false: continue
+    #: pre-training ``model.name``.
+    from_scratch: bool = True
+    architecture: ArchitectureConfig = ArchitectureConfig()
+
+
+#: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
+MODE_SECTIONS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "pretrain")
+
+
 class TrainingConfig(Strict):
-    mode: Literal["lora"] = "lora"
+    #: What is trained and exchanged: one of the registered training modes (``lora``, ``qlora``, ``ia3``,
+    #: ``prompt_tuning``, ``prefix_tuning``, ``p_tuning``, ``full``, ``pretrain``).
+    mode: str = "lora"
     lora: LoraConfig = LoraConfig()
+    qlora: QloraConfig = QloraConfig()
+    prompt_tuning: PromptTuningConfig = PromptTuningConfig()
+    prefix_tuning: PrefixTuningConfig = PrefixTuningConfig()
+    p_tuning: PTuningConfig = PTuningConfig()
+    ia3: Ia3Config = Ia3Config()
+    pretrain: PretrainConfig = PretrainConfig()
     batch_size: PositiveInt = 8
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
@@ -62,14 +163,44 @@ class TrainingConfig(Strict):
     #: Torch CPU threads per party process; by default the host's cores shared among its party processes.
     threads: PositiveInt | None = None
 
+    @model_validator(mode="after")
+    def _mode_and_sections(self) -> TrainingConfig:
+        # Nothing to check for the defaults; returning early also keeps the default instance below from
+        # importing the modes (and torch) while this module is still being imported.
+        if not self.model_fields_set & {"mode", *MODE_SECTIONS}:
+            return self
+        from mpctf.model.modes import MODES
+
+        try:
+            mode = MODES.get(self.mode)
+        except KeyError as exc:
+            raise ValueError(f"`mode`: {exc.args[0]}") from None
+        stray = [s for s in MODE_SECTIONS if s in self.model_fields_set and s not in mode.sections]
+        if stray:
+            users = [m for m in MODES.names() if stray[0] in MODES.get(m).sections]
+            raise ValueError(
+                f"`{stray[0]}` only applies to mode {' or '.join(users)}, but `mode` is {self.mode!r}"
+            )
+        return self
+
 
 class TaskConfig(Strict):
-    type: Literal["classification"] = "classification"
+    #: How rows become training examples and how the model is scored: ``classification`` (a verbalizer),
+    #: ``instruction`` (chat fine-tuning, exact match) or ``causal_lm`` (packed raw text, perplexity).
+    type: str = "classification"
+    #: classification: the prompt; instruction: the user's message. Filled from the row's fields.
     prompt: str = "{text}"
+    #: causal_lm: the field holding the raw text.
     text_field: str = "text"
     label_field: str = "label"
-    #: Label value in the data → the answer text the model should produce (the verbalizer).
-    labels: dict[str, str] = Field(min_length=2)
+    #: classification: label value in the data → the answer text the model should produce (the verbalizer).
+    labels: Annotated[dict[str, str], Field(min_length=2)] | None = None
+    #: instruction: the field holding the answer the model should give.
+    answer_field: str = "answer"
+    #: instruction: a system message; without one the chat template's default applies.
+    system: str | None = None
+    #: instruction: tokens generated per held-out question when scoring exact match.
+    max_new_tokens: PositiveInt = 32
 
     @field_validator("prompt")
     @classmethod
@@ -78,12 +209,31 @@ class TaskConfig(Strict):
             raise ValueError("must contain at least one {field} placeholder, e.g. '{text}'")
         return prompt
 
+    @model_validator(mode="after")
+    def _type_and_keys(self) -> TaskConfig:
+        from mpctf.data.tasks import TASKS
+
+        try:
+            task = TASKS.get(self.type)
+        except KeyError as exc:
+            raise ValueError(f"`type`: {exc.args[0]}") from None
+        for key in task.required_keys:
+            if getattr(self, key) is None:
+                raise ValueError(f"`{key}` is required with type {self.type!r}")
+        shared = {"type", "label_field", "text_field"}
+        stray = sorted(self.model_fields_set - shared - set(task.config_keys))
+        if stray:
+            raise ValueError(f"`{stray[0]}` has no effect with type {self.type!r}")
+        return self
+
 
 class DatasetConfig(Strict):
     """Either a built-in dataset or a file of the party's own (CSV or JSON Lines)."""
 
-    builtin: Literal["rotten_tomatoes"] | None = None
+    builtin: Literal["rotten_tomatoes", "chatterbot", "austen"] | None = None
     path: Path | None = None
+    #: Keep only rows whose field has one of the listed values, e.g. ``{language: [english]}``.
+    where: dict[str, list[str]] | None = None
     #: Use at most this many rows (a deterministic sample), for quick experiments.
     max_samples: PositiveInt | None = None
 

@@ -9,7 +9,7 @@ import torch
 
 from mpctf.config import RunConfig, TrainingConfig
 from mpctf.errors import ConfigError
-from mpctf.model.loading import load_model, load_tokenizer
+from mpctf.model.loading import load_tokenizer
 from mpctf.model.modes import MODES, TrainingMode
 
 
@@ -39,14 +39,15 @@ class ModelBundle:
         start = time.perf_counter()
         training = training or config.training
         tokenizer = load_tokenizer(config.model.name)
-        base = load_model(config.model, seed=config.seed, vocab_size=len(tokenizer))
-        mode = MODES.get(training.mode)(training)
+        mode = MODES.get(training.mode)(training, config.model)
+        base = mode.load_base(seed=config.seed, vocab_size=len(tokenizer))
         try:
             model = mode.prepare(base, seed=config.seed)
-        except ValueError as exc:
-            raise ConfigError(f"config key `{exc}`") from None
+        except ValueError as exc:  # "<config key>: <reason>"
+            key, _, reason = str(exc).partition(": ")
+            raise ConfigError(f"config key `{key}`: {reason}") from None
         device = pick_device()
-        model.to(device)
+        mode.place(model, device)
         return cls(model, tokenizer, mode, device, time.perf_counter() - start)
 
     @property

@@ -10,7 +10,7 @@ import torch
 from mpctf.config import RunConfig, TrainingConfig
 from mpctf.data.chunking import MemoryBudget, PartyDataStats, PartyPlan, divisors_at_most, plan_parties
 from mpctf.data.federated import FederatedData
-from mpctf.data.tasks import ClassificationTask, Example
+from mpctf.data.tasks import Example, make_task
 from mpctf.errors import DataError
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.memory import available_memory, estimate_training_memory
@@ -102,7 +102,7 @@ def local_plans(config: RunConfig) -> dict[str, PartyPlan]:
         if key not in bundles:
             bundles[key] = ModelBundle.load(config, training)
         bundle = bundles[key]
-        task = ClassificationTask(config.task, bundle.tokenizer, training.max_length)
+        task = make_task(config, bundle.tokenizer)
         examples = task.encode_all(data.party_rows(party), f"party {party!r} data")
         stats[party] = party_stats(examples)
         memory[party] = memory_report(bundle, training, examples, config.party(party).memory_gb)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mpctf.aggregation.base import PartyHooks
-from mpctf.data.tasks import Example, answer_loss, collate
+from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
 
 
@@ -34,7 +34,7 @@ class TrainSettings:
 
 
 def train_round(
-    bundle: ModelBundle, examples: Sequence[Example], settings: TrainSettings, hooks: PartyHooks
+    bundle: ModelBundle, task: Task, examples: Sequence[Example], settings: TrainSettings, hooks: PartyHooks
 ) -> TrainStats:
     """Train on ``examples`` in the given order: micro-batches, gradient accumulation, fresh AdamW per round.
 
@@ -62,11 +62,8 @@ def train_round(
             for i in range(0, len(step_examples), settings.micro_batch)
         ]
         for chunk in micro:
-            batch = collate(chunk, bundle.pad_id).to(device)
-            logits = model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).logits
-            loss = answer_loss(logits, batch.labels)
+            batch = task.collate(chunk).to(device)
+            loss = task.loss(model, batch)
             extra = hooks.extra_loss(params)
             total = loss if extra is None else loss + extra
             # Weight each micro-batch by its share of the step so accumulation equals one big batch.

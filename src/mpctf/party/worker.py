@@ -17,7 +17,7 @@ from mpctf.comm import chain_from_specs
 from mpctf.config import RunConfig, load_config, resolve_spec
 from mpctf.data.chunking import PartyPlan, chunk_indices
 from mpctf.data.federated import FederatedData
-from mpctf.data.tasks import ClassificationTask
+from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import memory_report, party_stats
@@ -35,7 +35,7 @@ class PartyWorker:
         self.party = party
         self.training = config.party_training(party)
         self.bundle = bundle if bundle is not None else ModelBundle.load(config, self.training)
-        self.task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
+        self.task = make_task(config, self.bundle.tokenizer)
         rows = FederatedData(config).party_rows(party)
         self.examples = self.task.encode_all(rows, f"party {party!r} data")
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
@@ -84,7 +84,7 @@ class PartyWorker:
             max_steps=train.local_steps,
             seed=self.config.seed * 100_003 + task.round,
         )
-        stats = train_round(bundle, chunk, settings, hooks)
+        stats = train_round(bundle, self.task, chunk, settings, hooks)
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
         encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)

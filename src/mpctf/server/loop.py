@@ -24,7 +24,7 @@ from mpctf.comm import chain_from_specs, fp32_bytes
 from mpctf.config import RunConfig, TrainingConfig, dump_config, resolve_spec
 from mpctf.data.chunking import PartyDataStats, PartyPlan
 from mpctf.data.federated import FederatedData
-from mpctf.data.tasks import ClassificationTask
+from mpctf.data.tasks import make_task
 from mpctf.errors import ConfigError, FederationError, UpdateRejected
 from mpctf.messages import NamedTensors, RoundTask, Update, unpack
 from mpctf.model.bundle import ModelBundle
@@ -84,7 +84,7 @@ class RoundLoop:
         except ValueError as exc:
             raise ConfigError(f"federation.strategy: {exc}") from None
         self.bundle = bundle if bundle is not None else ModelBundle.load(config)
-        task = ClassificationTask(config.task, self.bundle.tokenizer, config.training.max_length)
+        task = make_task(config, self.bundle.tokenizer)
         eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
         self.evaluate = Evaluator(self.bundle, task, eval_examples, config.data.eval.batch_size)
         self.uplink = chain_from_specs(config.communication.uplink)

@@ -1,0 +1,145 @@
+"""The task contract: how rows become token examples, how a batch is scored in training and in evaluation.
+
+Every task produces the same :class:`Example` (token ids and where supervision starts), so batching, the training
+loss and the per-round data plans are shared; a task owns only its encoding and its evaluation metrics. The
+worker, the trainer and the evaluator use a task only through :class:`Task`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from mpctf.config import TaskConfig
+from mpctf.data.sources import Row
+from mpctf.registry import Registry
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One tokenized example: ``input_ids[prompt_len:]`` is supervised (all of it when ``prompt_len`` is 0)."""
+
+    input_ids: list[int]
+    prompt_len: int
+    #: Classification: the label's index (other tasks leave it at -1).
+    label: int = -1
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    #: Index of the last prompt token of each row (where the answer's first token is predicted).
+    prompt_end: torch.Tensor
+    label: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.labels, self.prompt_end, self.label)
+            )
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    """Right-pad a list of examples into tensors; labels mask the prompt and the padding."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
+    prompt_end = torch.tensor([max(e.prompt_len - 1, 0) for e in examples])
+    return Batch(ids, mask, labels, prompt_end, torch.tensor([e.label for e in examples]))
+
+
+def token_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token logits aligned with ``batch.input_ids``.
+
+    Prompt tuning and P-tuning prepend virtual tokens and return their logits too; the input's own positions are
+    always the last ones, so keeping the last ``width`` positions is right for every training mode.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return logits[:, -batch.input_ids.size(1) :]
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed negative log-likelihood, number of scored tokens) over labelled positions; position t predicts
+    token t+1."""
+    shifted = logits[:, :-1, :].float()
+    target = labels[:, 1:]
+    total = torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return total, int((target != IGNORE).sum())
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens (position t predicts token t+1)."""
+    total, count = token_nll(logits, labels)
+    return total / max(count, 1)
+
+
+def perplexity(nll_sum: float, num_tokens: int) -> float:
+    """``exp(mean token NLL)``; infinite when the mean overflows a float."""
+    mean = nll_sum / max(num_tokens, 1)
+    return math.exp(mean) if mean < 700 else math.inf
+
+
+class Task(ABC):
+    """A task format: encode rows, batch examples, the training loss, and evaluation metrics.
+
+    ``config_keys`` names the ``task`` config keys the format reads (others set in YAML are errors);
+    ``required_keys`` those it cannot do without.
+    """
+
+    registered_name: ClassVar[str]
+    config_keys: ClassVar[tuple[str, ...]] = ()
+    required_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+    @abstractmethod
+    def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
+        """Tokenize rows into examples; ``where`` names their source in errors (``DataError``)."""
+
+    def collate(self, examples: Sequence[Example]) -> Batch:
+        """Right-padded tensors of ``examples``."""
+        return collate(examples, self.pad_id)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss of one batch: mean cross-entropy over its supervised tokens."""
+        return answer_loss(token_logits(model, batch), batch.labels)
+
+    @abstractmethod
+    def evaluate(
+        self, model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int, device: torch.device
+    ) -> dict[str, float]:
+        """Metrics of ``model`` as it is now on held-out ``examples`` (the round loop logs every key)."""
+
+
+TASKS: Registry[Task] = Registry("task type")
