@@ -9,6 +9,7 @@ params against that class's own ``Params`` model.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -139,6 +140,15 @@ class PretrainConfig(Strict):
     architecture: ArchitectureConfig = ArchitectureConfig()
 
 
+def _changed(model: BaseModel, keys: Iterable[str]) -> list[str]:
+    """The keys among ``keys`` the user set to something other than their default.
+
+    A key written with its default value is harmless, and the run directory's config.yaml (which every
+    party process re-reads) writes every key, so only a changed value can be a mistake."""
+    fields = type(model).model_fields
+    return [k for k in keys if k in model.model_fields_set and getattr(model, k) != fields[k].get_default(call_default_factory=True)]
+
+
 #: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
 MODE_SECTIONS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "pretrain")
 
@@ -175,7 +185,7 @@ class TrainingConfig(Strict):
             mode = MODES.get(self.mode)
         except KeyError as exc:
             raise ValueError(f"`mode`: {exc.args[0]}") from None
-        stray = [s for s in MODE_SECTIONS if s in self.model_fields_set and s not in mode.sections]
+        stray = [s for s in _changed(self, MODE_SECTIONS) if s not in mode.sections]
         if stray:
             users = [m for m in MODES.names() if stray[0] in MODES.get(m).sections]
             raise ValueError(
@@ -221,7 +231,7 @@ class TaskConfig(Strict):
             if getattr(self, key) is None:
                 raise ValueError(f"`{key}` is required with type {self.type!r}")
         shared = {"type", "label_field", "text_field"}
-        stray = sorted(self.model_fields_set - shared - set(task.config_keys))
+        stray = sorted(_changed(self, self.model_fields_set - shared - set(task.config_keys)))
         if stray:
             raise ValueError(f"`{stray[0]}` has no effect with type {self.type!r}")
         return self
