@@ -146,7 +146,12 @@ def _changed(model: BaseModel, keys: Iterable[str]) -> list[str]:
     A key written with its default value is harmless, and the run directory's config.yaml (which every
     party process re-reads) writes every key, so only a changed value can be a mistake."""
     fields = type(model).model_fields
-    return [k for k in keys if k in model.model_fields_set and getattr(model, k) != fields[k].get_default(call_default_factory=True)]
+    return [
+        k
+        for k in keys
+        if k in model.model_fields_set
+        and getattr(model, k) != fields[k].get_default(call_default_factory=True)
+    ]
 
 
 #: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
