@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpctf.config import load_config
+from mpctf.config import dump_config, load_config
 from mpctf.errors import ConfigError
 from support import tiny_config_dict
 
@@ -96,3 +96,26 @@ def test_unknown_codec_and_bad_codec_param(tmp_path: Path) -> None:
     lines = _errors(cfg)
     assert lines[0].startswith("config key `communication.uplink.0.name`: unknown codec 'int7'; known:")
     assert lines[1].startswith("config key `communication.uplink.1.fraction`:")
+
+
+def _ia3(cfg: dict) -> None:
+    cfg["training"].pop("lora", None)
+    cfg["training"]["mode"] = "ia3"
+
+
+def _instruction(cfg: dict) -> None:
+    cfg["task"] = {"type": "instruction", "prompt": "{question}", "answer_field": "reply"}
+
+
+@pytest.mark.parametrize("change", [lambda cfg: None, _ia3, _instruction])
+def test_the_recorded_config_loads_again_unchanged(tmp_path: Path, change) -> None:
+    # Every party process re-reads the config.yaml the launcher writes, which spells out every default.
+    cfg = tiny_config_dict(tmp_path)
+    change(cfg)
+    config = load_config(cfg)
+    assert load_config(yaml.safe_load(dump_config(config))) == config
+
+
+def test_a_section_of_another_mode_is_still_refused_when_it_changes_a_value(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"training.qlora": {"quant_type": "fp4"}}))
+    assert "`qlora` only applies to mode qlora, but `mode` is 'lora'" in line
