@@ -495,8 +495,10 @@ def _check_privacy(config: RunConfig) -> list[str]:
     strategy = config.federation.strategy.name
     uplink = [spec.name for spec in config.communication.uplink]
     buffers = STRATEGIES.get(strategy).buffers_updates
-    problems = incompatibilities(strategy, buffers, uplink, privacy)
-    problems += unsupported_in_rounds(strategy, uplink, privacy, config.training.mode)
+    # What cannot work at all first; what the round loop does not support only once that is settled.
+    problems = incompatibilities(strategy, buffers, uplink, privacy) or unsupported_in_rounds(
+        strategy, uplink, privacy, config.training.mode
+    )
     return [f"config key `privacy`: {p}" for p in dict.fromkeys(problems)]
 
 
