@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mpctf.privacy.adaptive_clip import AdaptiveClipParams
-from mpctf.privacy.he import CkksParams
+from mpctf.privacy.ckks_params import CkksParams
 from mpctf.privacy.secagg.params import SecAggParams
 
 
