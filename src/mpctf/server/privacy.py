@@ -257,22 +257,32 @@ class ServerPrivacy:
     def receive_hidden(self, update: Update, reference: NamedTensors) -> int:
         """Keep a masked or encrypted update for the round's sum; returns its size as float32 in the clear."""
         state = self._require_round()
-        layout = TensorLayout.from_json(update.header.get("privacy", {}).get("layout", {}))
+        who = f"party {update.party!r}"
+        try:
+            layout = TensorLayout.from_json(update.header["privacy"]["layout"])
+        except (KeyError, TypeError, ValueError):
+            raise UpdateRejected(f"{who}: hidden update without a readable layout") from None
         expected = {k: tuple(v.shape) for k, v in reference.items()}
         if self.clipper is not None and self.secagg is not None:
             expected[rounds.UNCLIPPED] = (1,)
         got = dict(zip(layout.names, layout.shapes, strict=True))
         if got != expected:
             wrong = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
-            raise UpdateRejected(f"party {update.party!r}: hidden update's layout differs at {wrong[0]!r}")
+            raise UpdateRejected(f"{who}: hidden update's layout differs at {wrong[0]!r}")
         if self.secagg is not None:
-            if set(update.tensors) != {rounds.MASKED}:
-                raise UpdateRejected(f"party {update.party!r}: expected one masked vector")
+            if (
+                set(update.tensors) != {rounds.MASKED}
+                or update.tensors[rounds.MASKED].numel() != layout.numel
+            ):
+                raise UpdateRejected(f"{who}: expected one masked vector of {layout.numel} values")
             masked = {"party": update.party, "round": update.round, "masked": update.tensors[rounds.MASKED]}
             state.masked.append({**masked, "layout": layout.to_json()})
         else:
             from mpctf.privacy.he import EncryptedUpdate
 
+            assert self.he is not None
+            if len(update.tensors) != -(-layout.numel // self.he.slots):
+                raise UpdateRejected(f"{who}: {len(update.tensors)} ciphertexts do not fit its layout")
             state.encrypted.append(EncryptedUpdate(layout, rounds.ckks_chunks(update.tensors)))
         self._count(update)
         return 4 * layout.numel
