@@ -36,7 +36,7 @@ def base_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "name": "privacy-bench",
         "seed": 0,
         "output_dir": str(out),
-        "model": {"name": "smollm2-135m-instruct"},
+        "model": {"name": args.model},
         "training": {
             "mode": "lora",
             "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
@@ -138,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="tiny-llama for a quick smoke run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=16, help="samples per party per round")
     parser.add_argument("--steps", type=int, default=2, help="local optimizer steps per round")
