@@ -55,6 +55,7 @@ def train_round_private(
     batch_size = min(settings.micro_batch * settings.grad_accum, len(examples))
     loader = DataLoader(TensorDataset(torch.arange(len(examples))), batch_size=batch_size)
     torch.manual_seed(settings.seed)
+    model.train()  # Opacus refuses a model in eval mode (the server's evaluation may have left it there)
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
@@ -69,7 +70,6 @@ def train_round_private(
             accountant_state=ledger.state,
             grad_sample_mode=config.grad_sample_mode,
         )
-    model.train()
     start = time.perf_counter()
     loss_sum, samples, tokens, steps = 0.0, 0, 0, 0
     try:
