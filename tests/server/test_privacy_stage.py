@@ -155,3 +155,38 @@ def test_a_hidden_update_of_the_wrong_layout_is_rejected(tmp_path):
     bogus.header = {"privacy": {"layout": {"names": ["x"], "shapes": [[17]], "dtypes": ["float32"]}}}
     with pytest.raises(UpdateRejected, match="layout"):
         server.receive_hidden(bogus, {"w": torch.zeros(3, 4)})
+
+
+def test_the_ledger_and_clip_norm_resume_and_a_ledger_of_other_parameters_is_refused(tmp_path):
+    from mpctf.errors import FederationError
+
+    dp = {"noise_multiplier": 1.0, "clip_norm": 0.01, "epsilon_max": 1e6}
+    fed = Federation(tmp_path, {"client_dp": {**dp, "adaptive_clipping": {"count_noise_std": 1.0}}})
+    server = server_for(fed)
+    fed.round(server, 1)
+    saved = server.state_dict()
+    resumed = server_for(
+        Federation(tmp_path, {"client_dp": {**dp, "adaptive_clipping": {"count_noise_std": 1.0}}})
+    )
+    resumed.load_state_dict(saved)
+    assert resumed.accountant.steps == 1 and resumed.clip_norm == server.clip_norm != 0.01
+    assert resumed.accountant.epsilon() == server.last_metrics["dp_epsilon"]
+    other = server_for(Federation(tmp_path, {"client_dp": {**dp, "noise_multiplier": 2.0}}))
+    with pytest.raises(FederationError, match="noise_multiplier"):
+        other.load_state_dict(saved)
+    with pytest.raises(FederationError, match="no privacy ledger"):
+        other.load_state_dict(None)
+
+
+def test_the_round_that_would_exceed_epsilon_max_is_refused_with_the_reason(tmp_path):
+    from mpctf.privacy.accountant import epsilon_for
+
+    eps1 = epsilon_for(noise_multiplier=1.0, sampling_rate=1.0, steps=1, delta=1e-5)
+    fed = Federation(
+        tmp_path, {"client_dp": {"noise_multiplier": 1.0, "clip_norm": 0.01, "epsilon_max": eps1 * 1.01}}
+    )
+    server = server_for(fed)
+    assert server.max_rounds == 1 and server.stop_reason(1) is None
+    fed.round(server, 1)
+    reason = server.stop_reason(2)
+    assert reason is not None and "round 2" in reason and "epsilon_max" in reason
