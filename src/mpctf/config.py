@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpctf.errors import ConfigError
+from mpctf.privacy.config import PrivacyConfig
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PartyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -327,6 +328,8 @@ class RunConfig(Strict):
     federation: FederationConfig = FederationConfig()
     communication: CommunicationConfig = CommunicationConfig()
     backend: BackendConfig = BackendConfig()
+    #: Client-level DP, sample-level DP-SGD, secure aggregation, homomorphic encryption; all off by default.
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -400,6 +403,8 @@ def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
         raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
     config = _resolve_paths(config, base)
     problems = _check_plugins(config) + _check_paths(config)
+    if not problems:
+        problems = _check_privacy(config)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
@@ -477,6 +482,24 @@ def _check_plugins(config: RunConfig) -> list[str]:
         except ValueError as exc:
             problems.extend(str(exc).splitlines())
     return problems
+
+
+def _check_privacy(config: RunConfig) -> list[str]:
+    """One line per privacy mechanism that cannot work with the chosen strategy, codecs or training mode."""
+    from mpctf.aggregation import STRATEGIES
+    from mpctf.privacy.compat import incompatibilities, unsupported_in_rounds
+
+    privacy = config.privacy
+    if privacy == PrivacyConfig():
+        return []
+    strategy = config.federation.strategy.name
+    uplink = [spec.name for spec in config.communication.uplink]
+    buffers = STRATEGIES.get(strategy).buffers_updates
+    # What cannot work at all first; what the round loop does not support only once that is settled.
+    problems = incompatibilities(strategy, buffers, uplink, privacy) or unsupported_in_rounds(
+        strategy, uplink, privacy, config.training.mode
+    )
+    return [f"config key `privacy`: {p}" for p in dict.fromkeys(problems)]
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:

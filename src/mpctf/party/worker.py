@@ -21,7 +21,9 @@ from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import memory_report, party_stats
-from mpctf.party.trainer import TrainSettings, train_round
+from mpctf.party.privacy import PartyPrivacy
+from mpctf.party.trainer import TrainSettings, TrainStats, train_round
+from mpctf.privacy.rounds import OPS as PRIVACY_OPS
 from mpctf.runtime.base import PartyHandler
 
 
@@ -46,12 +48,17 @@ class PartyWorker:
         #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
         self.party_state: dict[str, Any] = {}
         self._reported_load = False
+        #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
+        self.privacy = PartyPrivacy(config.privacy, party)
+        self.dpsgd_ledger: Any = None  # DP-SGD's accountant history, carried across rounds
 
     def handle(self, payload: bytes) -> bytes:
         """Serve one serialized request; the reply is serialized the same way."""
         task = RoundTask.from_bytes(payload)
         if task.instructions.get("op") == "describe":
             return self.describe()
+        if task.instructions.get("op") in PRIVACY_OPS:
+            return self.privacy.handle(task)
         return self.train(task).to_bytes()
 
     def describe(self) -> bytes:
@@ -84,15 +91,24 @@ class PartyWorker:
             max_steps=train.local_steps,
             seed=self.config.seed * 100_003 + task.round,
         )
-        stats = train_round(bundle, self.task, chunk, settings, hooks)
+        stats, private_metrics = self._train(chunk, settings, hooks)
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
-        encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)
+        stage_header: dict[str, Any] = {}
+        if self.privacy.active:
+            delta, privacy_header, privacy_metrics = self.privacy.protect(
+                task, delta, num_samples=stats.samples, num_tokens=stats.tokens
+            )
+            private_metrics |= privacy_metrics
+            stage_header["privacy"] = privacy_header
+        if not self.privacy.hides_updates:  # a masked or encrypted vector is sent as it is
+            delta, stage_header["uplink"] = self.uplink.encode(delta, self.uplink_state)
         metrics = {
             "loss": stats.loss,
             "train_seconds": stats.seconds,
             "steps": float(stats.steps),
             "chunk_samples": float(len(chunk)),
+            **private_metrics,
         }
         if not self._reported_load:
             metrics["model_load_seconds"] = bundle.load_seconds
@@ -101,13 +117,29 @@ class PartyWorker:
         return Update(
             party=self.party,
             round=task.round,
-            tensors=encoded,
+            tensors=delta,
             num_samples=stats.samples,
             num_tokens=stats.tokens,
             metrics=metrics,
             extra=extra,
-            header={"uplink": uplink_header},
+            header=stage_header,
         )
+
+    def _train(
+        self, chunk: list[Any], settings: TrainSettings, hooks: Any
+    ) -> tuple[TrainStats, dict[str, float]]:
+        """The local round: plain, or with sample-level DP-SGD (then the party's ε goes into the metrics)."""
+        sample_dp = self.config.privacy.sample_dp
+        if sample_dp is None:
+            return train_round(self.bundle, self.task, chunk, settings, hooks), {}
+        from mpctf.party.private_trainer import DpSgdLedger, train_round_private
+
+        if self.dpsgd_ledger is None:
+            self.dpsgd_ledger = DpSgdLedger()
+        stats, epsilon = train_round_private(
+            self.bundle, self.task, chunk, settings, hooks, sample_dp, self.dpsgd_ledger
+        )
+        return stats, {"dp_sgd_epsilon": epsilon, "dp_sgd_steps": float(self.dpsgd_ledger.steps)}
 
 
 def make_handler(config: str, party: str, threads: str | None = None) -> PartyHandler:
