@@ -256,7 +256,12 @@ def party(
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag}: file not found: {path}")
     serve_party(
-        load_config(config), name, work_dir, superlink=server_address, root_cert=root_cert, auth_key=auth_key
+        load_config(config, party=name),
+        name,
+        work_dir,
+        superlink=server_address,
+        root_cert=root_cert,
+        auth_key=auth_key,
     )
 
 

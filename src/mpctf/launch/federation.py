@@ -121,7 +121,24 @@ def serve_party(
 def run_flower(
     config: RunConfig, run_dir: Path, *, resume: bool, listeners: list[Callable[[Record], None]]
 ) -> RunResult:
-    """Start SuperLink, party workers and SuperNodes here, run every round, tear all down."""
+    """Start SuperLink, party workers and SuperNodes here, run every round, tear all down.
+
+    Parties that name a ``host`` are started there over SSH (:mod:`mpctf.launch.remote`).
+    """
+    if any(p.host is not None for p in config.parties):
+        from mpctf.launch.remote import run_with_hosts
+
+        config_path = _prepare(config, run_dir, resume)
+        settings = _settings(config_path, run_dir, resume)
+        return run_with_hosts(
+            config,
+            run_dir,
+            config_path,
+            settings,
+            driver=DRIVER,
+            handler_factory=HANDLER_FACTORY,
+            listeners=listeners,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if not resume:
