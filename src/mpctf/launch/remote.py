@@ -107,12 +107,18 @@ def remote_config(config: RunConfig, party: str, host: HostConfig) -> str:
 
 
 def party_command(party: str, host: HostConfig, server: str) -> str:
-    """The shell command line that runs ``mpctf party`` in ``host.work_dir``."""
+    """The shell command line that runs ``mpctf party`` in ``host.work_dir``, its processes' logs following.
+
+    ``tail -F`` prints the worker's and the SuperNode's logs as they grow, so they reach the launcher over the
+    same connection; it shares the session, so the hang-up that stops the party stops it too.
+    """
     q = shlex.quote
     env = f"CUDA_VISIBLE_DEVICES={q(host.devices)} " if host.devices is not None else ""
+    logs = f"logs/worker-{party}.log logs/supernode-{party}.log"
     return (
-        f"cd {q(host.work_dir)} && {env}PYTHONUNBUFFERED=1 exec {q(host.python)} -m mpctf.cli party config.yaml"
-        f" --name {q(party)} --server {q(server)} --root-cert ca.crt --auth-key {q(party)}.key --work-dir ."
+        f"cd {q(host.work_dir)} && mkdir -p logs && {{ tail -n +1 -F {logs} 2>/dev/null & }} && "
+        f"{env}PYTHONUNBUFFERED=1 exec {q(host.python)} -m mpctf.cli party config.yaml --name {q(party)} "
+        f"--server {q(server)} --root-cert ca.crt --auth-key {q(party)}.key --work-dir ."
     )
 
 
