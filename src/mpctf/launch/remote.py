@@ -29,7 +29,7 @@ from pathlib import Path
 from mpctf.config import DatasetConfig, HostConfig, RunConfig, dump_config
 from mpctf.errors import ConfigError, LaunchError
 from mpctf.launch.certs import Certificates, create_certificates
-from mpctf.launch.flower_local import run_federation
+from mpctf.launch.flower_local import reviving, run_federation
 from mpctf.launch.flower_services import (
     PartySpec,
     free_port,
@@ -198,7 +198,7 @@ def run_with_hosts(
             settings,
             min_parties=n,
             party_wait_s=startup_timeout_s,
-            on_tick=tail.poll,
+            on_tick=reviving(group, tail.poll),
         )
     tail.poll()
     return _result(run_dir, settings.get("resume") == "true")
