@@ -2,10 +2,10 @@
 
     python benchmarks/soak.py [--rounds 20] [--parties 4] [--seed 0] [--out soak.json]
 
-The ``processes`` backend runs each party in its own worker process (the tiny random 2-layer model, LoRA). A
-killer thread sends SIGKILL to a random party worker every few seconds (seeded), never leaving fewer than
-``min_parties + 1`` workers alive, so every round can complete. The launcher restarts a dead worker when the next
-round begins; the party rejoins once its model is loaded.
+The ``processes`` backend runs each party in its own worker process (the tiny random 2-layer model, LoRA). When a
+round ends with every party up, a seeded coin decides whether one random party's worker gets SIGKILL a moment
+into the next round (see :class:`Killer`), so every round keeps at least ``parties - 1 >= min_parties`` answers.
+The launcher restarts a dead worker when the next round begins; the party rejoins once its model is loaded.
 
 Reported:
 
@@ -39,15 +39,19 @@ from mpctf.report.metrics import read_metrics  # noqa: E402
 from support import tiny_config_dict  # noqa: E402
 
 
-class Killer(threading.Thread):
-    """Kills a random live party worker every ``every_s`` (uniform range) seconds; logs what and when."""
+class Killer:
+    """After a round ends, when every party is up, maybe (seeded coin) kill one in the coming round.
+
+    Called by the round loop when it records a round, before the next round starts: with every worker ready, the
+    next round has every party in it, and losing one still leaves ``parties - 1 >= min_parties`` answers. The kill
+    lands ``delay_s`` (uniform range) seconds later, inside that round or, if it was short, just after it.
+    """
 
     def __init__(
-        self, run_dir: Path, parties: list[str], keep_alive: int, every_s: tuple[float, float], seed: int
+        self, run_dir: Path, parties: list[str], p_kill: float, delay_s: tuple[float, float], seed: int
     ):
-        super().__init__(daemon=True)
-        self.run_dir, self.parties, self.keep_alive = run_dir, parties, keep_alive
-        self.every_s, self.rng = every_s, random.Random(seed)
+        self.run_dir, self.parties, self.p_kill, self.delay_s = run_dir, parties, p_kill, delay_s
+        self.rng = random.Random(seed)
         self.kills: list[dict[str, Any]] = []
         self.stop = threading.Event()
 
@@ -59,21 +63,23 @@ class Killer(threading.Thread):
         except (OSError, ValueError, KeyError):
             return None
 
-    def run(self) -> None:
-        while not self.stop.wait(self.rng.uniform(*self.every_s)):
-            alive = {p: pid for p in self.parties if (pid := self._pid(p)) is not None}
-            if len(alive) <= self.keep_alive:
-                continue
-            party = self.rng.choice(sorted(alive))
-            os.kill(alive[party], signal.SIGKILL)
-            kill = {"party": party, "pid": alive[party], "time": time.time()}
-            self.kills.append(kill)
-            threading.Thread(target=self._watch_restart, args=(kill,), daemon=True).start()
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record["event"] != "round":
+            return
+        alive = {p: pid for p in self.parties if (pid := self._pid(p)) is not None}
+        if len(alive) == len(self.parties) and self.rng.random() < self.p_kill:
+            party, delay = self.rng.choice(sorted(alive)), self.rng.uniform(*self.delay_s)
+            threading.Thread(target=self._kill, args=(party, alive[party], delay), daemon=True).start()
 
-    def _watch_restart(self, kill: dict[str, Any]) -> None:
-        while not self.stop.is_set():
-            pid = self._pid(kill["party"])
-            if pid is not None and pid != kill["pid"]:
+    def _kill(self, party: str, pid: int, delay: float) -> None:
+        if self.stop.wait(delay):
+            return
+        os.kill(pid, signal.SIGKILL)
+        kill = {"party": party, "pid": pid, "time": time.time()}
+        self.kills.append(kill)
+        while not self.stop.is_set():  # until the launcher's new worker for this party is ready
+            new = self._pid(party)
+            if new is not None and new != pid:
                 kill["ready_after_s"] = time.time() - kill["time"]
                 return
             time.sleep(0.1)
@@ -151,7 +157,10 @@ def main() -> None:
     parser.add_argument("--parties", type=int, default=4)
     parser.add_argument("--min-parties", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kill-every", type=float, nargs=2, default=(4.0, 10.0), metavar=("MIN_S", "MAX_S"))
+    parser.add_argument(
+        "--p-kill", type=float, default=0.6, help="chance of a kill after a round, all parties up"
+    )
+    parser.add_argument("--kill-delay", type=float, nargs=2, default=(0.3, 3.0), metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,14 +178,9 @@ def main() -> None:
             },
         )
         run_dir = Path(tmp) / "run"
-        killer = Killer(run_dir, names, args.min_parties, tuple(args.kill_every), args.seed)
+        killer = Killer(run_dir, names, args.p_kill, tuple(args.kill_delay), args.seed)
         began = time.time()
-
-        def start_killing(record: dict[str, Any]) -> None:
-            if record["event"] == "round" and record["round"] == 0 and not killer.is_alive():
-                killer.start()
-
-        run(cfg, run_dir=run_dir, listeners=[start_killing])
+        run(cfg, run_dir=run_dir, listeners=[killer])
         killer.stop.set()
         results = {
             "command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
