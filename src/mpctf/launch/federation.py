@@ -104,6 +104,8 @@ def serve_party(
         raise ConfigError(
             f"--name: party {party!r} is not in the config; parties: {', '.join(config.party_names)}"
         )
+    # Absolute: the party's processes run in their own folders and must find its files from there.
+    work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = work_dir / "config.yaml"
     config_path.write_text(dump_config(config))
