@@ -115,8 +115,8 @@ def serve_party(
         spec,
         superlink=superlink,
         handler_factory=HANDLER_FACTORY,
-        root_cert=root_cert,
-        auth_key=auth_key,
+        root_cert=root_cert.resolve() if root_cert is not None else None,
+        auth_key=auth_key.resolve() if auth_key is not None else None,
     )
 
 
