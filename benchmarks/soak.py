@@ -54,6 +54,7 @@ class Killer:
         self.rng = random.Random(seed)
         self.kills: list[dict[str, Any]] = []
         self.stop = threading.Event()
+        self.pending = threading.Event()
 
     def _pid(self, party: str) -> int | None:
         try:
@@ -67,14 +68,18 @@ class Killer:
         if record["event"] != "round":
             return
         alive = {p: pid for p in self.parties if (pid := self._pid(p)) is not None}
-        if len(alive) == len(self.parties) and self.rng.random() < self.p_kill:
-            party, delay = self.rng.choice(sorted(alive)), self.rng.uniform(*self.delay_s)
-            threading.Thread(target=self._kill, args=(party, alive[party], delay), daemon=True).start()
+        # One kill at a time: a round shorter than the delay must not get a second one scheduled.
+        if self.pending.is_set() or len(alive) < len(self.parties) or self.rng.random() >= self.p_kill:
+            return
+        party, delay = self.rng.choice(sorted(alive)), self.rng.uniform(*self.delay_s)
+        self.pending.set()
+        threading.Thread(target=self._kill, args=(party, alive[party], delay), daemon=True).start()
 
     def _kill(self, party: str, pid: int, delay: float) -> None:
         if self.stop.wait(delay):
             return
         os.kill(pid, signal.SIGKILL)
+        self.pending.clear()
         kill = {"party": party, "pid": pid, "time": time.time()}
         self.kills.append(kill)
         while not self.stop.is_set():  # until the launcher's new worker for this party is ready
