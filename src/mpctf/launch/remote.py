@@ -164,7 +164,8 @@ def run_with_hosts(
     certs = create_certificates(run_dir / "certs", hosts, config.party_names)
     tls = ServerTls(ca_cert=certs.ca_cert, cert=certs.server_cert, key=certs.server_key)
     tail = MetricsTail(run_dir / "metrics.jsonl", listeners)
-    with signals_raise(), ProcessGroup(run_dir / "logs") as group:
+    # A longer grace than a party's own (5 s): a remote ``mpctf party`` stops its worker and SuperNode first.
+    with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=15.0) as group:
         link = start_superlink(
             run_dir, group, host="0.0.0.0", port=port, tls=tls, party_public_keys=certs.party_public_keys
         )
