@@ -118,6 +118,7 @@ def test_party_killed_mid_round_is_dropped_then_rejoins(
     parties = _party_rounds(run_dir)
     assert parties[(2, "alice")]["status"] == "ok"
     assert parties[(2, "bob")]["status"] == "failed"
+    assert "its worker died during the round" in parties[(2, "bob")]["reason"]
     assert parties[(2, "bob")]["seconds"] < 600  # dropped when it died, not at the deadline
     assert parties[(4, "bob")]["status"] == "ok", parties[(4, "bob")]
     assert (tmp_path / "run" / "logs" / "worker-bob.log").read_text().count("party worker ready") == 2

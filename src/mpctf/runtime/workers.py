@@ -74,7 +74,11 @@ class WorkerBackend(Backend):
     def _reply(party: str, future: Future[bytes], seconds: float) -> PartyReply:
         try:
             return PartyReply(party, future.result(), None, seconds)
-        except Exception as exc:  # unreachable, died mid-round, handler error, oversized: the party's error
+        except ConnectionRefusedError as exc:
+            reason = f"its worker is not running ({one_line(exc)})"
+        except (EOFError, ConnectionError) as exc:
+            reason = f"its worker died during the round ({one_line(exc)})"
+        except Exception as exc:  # a handler error, a wrong key, an oversized reply: the party's error
             reason = one_line(exc)
-            log.warning("party %r failed this round: %s", party, reason)
-            return PartyReply(party, None, reason, seconds)
+        log.warning("party %r failed this round: %s", party, reason)
+        return PartyReply(party, None, reason, seconds)
