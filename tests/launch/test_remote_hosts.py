@@ -165,9 +165,8 @@ def test_real_sshd_between_namespaces(
     shutil.copy(keys / "client_key.pub", keys / "authorized_keys")
     (keys / "sshd_config").write_text(
         f"HostKey {keys / 'host_key'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile none\n"
-        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nSetEnv PATH="
-        + os.environ["PATH"]
-        + "\n"
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
+        "AcceptEnv PYTHONPATH\nSetEnv PATH=" + os.environ["PATH"] + "\n"
     )
     (keys / "ssh_config").write_text(
         f"Host {party_ip}\n  IdentityFile {keys / 'client_key'}\n  StrictHostKeyChecking no\n"
