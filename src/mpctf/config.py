@@ -280,8 +280,29 @@ class DataConfig(Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class HostConfig(Strict):
+    """Where ``mpctf launch`` starts a party over SSH (OpenSSH client) instead of on this host."""
+
+    #: ``user@host`` or ``host``, as given to ``ssh``.
+    address: Annotated[str, Field(min_length=1, pattern=r"^[^\s-][^\s]*$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    #: Folder on the remote host for the party's config, credentials and logs (relative to the login folder).
+    work_dir: str = "mpctf-party"
+    #: The remote interpreter that has mpctf installed, e.g. ``/opt/mpctf/.venv/bin/python``.
+    python: str = "python3"
+    #: The party's data file on the remote host; replaces ``parties[].data.path`` there.
+    data_path: str | None = None
+    #: ``CUDA_VISIBLE_DEVICES`` for the party, e.g. ``"0,1"``.
+    devices: str | None = None
+    #: ``HOST:PORT`` the remote host dials to reach the server; by default the address its SSH connection came
+    #: from, with the launch's server port.
+    server_address: str | None = None
+
+
 class PartyConfig(Strict):
     name: PartyName
+    #: Start this party on another machine over SSH (``backend.name: flower``); on this host when absent.
+    host: HostConfig | None = None
     #: The party's own data; without it the party gets its share of ``data.dataset``.
     data: DatasetConfig | None = None
     #: This party's LoRA rank and alpha when they differ from ``training.lora`` (heterogeneous-rank strategies).
@@ -313,7 +334,9 @@ class CommunicationConfig(Strict):
 
 
 class BackendConfig(Strict):
-    name: Literal["local", "flower"] = "local"
+    #: ``local``: every party in this process; ``processes``: each party in its own worker process on this host;
+    #: ``flower``: Flower's deployment engine (SuperLink and one SuperNode per party).
+    name: Literal["local", "processes", "flower"] = "local"
 
 
 class RunConfig(Strict):
@@ -377,10 +400,11 @@ class RunConfig(Strict):
 # --- loading and error reporting ----------------------------------------------------------------
 
 
-def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
+def load_config(source: str | Path | dict[str, Any], *, party: str | None = None) -> RunConfig:
     """Read and validate a config from a YAML path or a dict; relative paths resolve against the YAML's folder.
 
-    Raises :class:`ConfigError` whose message has one line per problem.
+    With ``party`` (a party's own host) only the files that party reads must exist: the others live on other
+    machines. Raises :class:`ConfigError` whose message has one line per problem.
     """
     if isinstance(source, dict):
         raw, base = source, Path.cwd()
@@ -402,7 +426,7 @@ def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
     config = _resolve_paths(config, base)
-    problems = _check_plugins(config) + _check_paths(config)
+    problems = _check_plugins(config) + _check_paths(config, party)
     if not problems:
         problems = _check_privacy(config)
     if problems:
@@ -527,13 +551,18 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     )
 
 
-def _check_paths(config: RunConfig) -> list[str]:
+def _check_paths(config: RunConfig, party: str | None = None) -> list[str]:
+    # The server checks the files of the parties on this host; a party's own host checks that party's.
+    own = [p for p in config.parties if (p.name == party if party else p.host is None)]
+    shared = party is None or any(p.data is None for p in own)
     checks: list[tuple[str, Path | None]] = [
-        ("data.dataset.path", config.data.dataset.path if config.data.dataset else None),
-        ("data.eval.path", config.data.eval.path),
+        ("data.dataset.path", config.data.dataset.path if config.data.dataset and shared else None),
+        ("data.eval.path", config.data.eval.path if party is None else None),
     ]
     checks += [
-        (f"parties.{i}.data.path", p.data.path if p.data else None) for i, p in enumerate(config.parties)
+        (f"parties.{i}.data.path", p.data.path if p.data else None)
+        for i, p in enumerate(config.parties)
+        if p in own
     ]
     return [
         f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()

@@ -144,4 +144,7 @@ class PartyWorker:
 
 def make_handler(config: str, party: str, threads: str | None = None) -> PartyHandler:
     """Factory for a party process: load everything once, return the request handler."""
-    return PartyWorker(load_config(config), party, threads=int(threads) if threads else None).handle
+    # Only this party's files need to exist here: the others' live on their own hosts.
+    return PartyWorker(
+        load_config(config, party=party), party, threads=int(threads) if threads else None
+    ).handle

@@ -11,6 +11,7 @@ records what happened.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from mpctf.runtime.base import Backend, PartyReply
 from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
 from mpctf.server.evaluate import Evaluator
 from mpctf.server.privacy import ServerPrivacy
+
+log = logging.getLogger("mpctf.server")
 
 
 @dataclass
@@ -124,9 +127,9 @@ class RoundLoop:
     # --- one round -------------------------------------------------------------------------------
     def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
         fed = self.config.federation
-        selected = select_parties(
-            self.backend.party_names(), fed.parties_per_round, self.config.seed, round_num
-        )
+        # A party is only sent work once it is planned (one that was down at planning time is not).
+        reachable = [p for p in self.backend.party_names() if p in plans]
+        selected = select_parties(reachable, fed.parties_per_round, self.config.seed, round_num)
         if len(selected) < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
@@ -186,6 +189,7 @@ class RoundLoop:
                 sink(update)
                 fp32 = fp32_bytes(update.tensors)
         except (ValueError, UpdateRejected) as exc:
+            log.warning("round %d: update of party %r rejected: %s", round_num, reply.party, exc)
             return {**record, "status": "rejected", "reason": str(exc)}
         self.cumulative["bytes_up_fp32"] += fp32
         return {
