@@ -146,7 +146,12 @@ def _changed(model: BaseModel, keys: Iterable[str]) -> list[str]:
     A key written with its default value is harmless, and the run directory's config.yaml (which every
     party process re-reads) writes every key, so only a changed value can be a mistake."""
     fields = type(model).model_fields
-    return [k for k in keys if k in model.model_fields_set and getattr(model, k) != fields[k].get_default(call_default_factory=True)]
+    return [
+        k
+        for k in keys
+        if k in model.model_fields_set
+        and getattr(model, k) != fields[k].get_default(call_default_factory=True)
+    ]
 
 
 #: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
@@ -261,6 +266,9 @@ class EvalConfig(Strict):
     group_by: str | None = None
     #: Or a file of test rows of the same format.
     path: Path | None = None
+    #: Score only held-out rows whose field has one of the listed values, e.g. ``{topic: [trivia]}`` (applied
+    #: after the hold-out, so parties never train on the excluded held-out rows either).
+    where: dict[str, list[str]] | None = None
     max_samples: PositiveInt | None = 300
     batch_size: PositiveInt = 32
 
