@@ -96,3 +96,21 @@ def test_unknown_codec_and_bad_codec_param(tmp_path: Path) -> None:
     lines = _errors(cfg)
     assert lines[0].startswith("config key `communication.uplink.0.name`: unknown codec 'int7'; known:")
     assert lines[1].startswith("config key `communication.uplink.1.fraction`:")
+
+
+def test_processes_per_party_with_a_party_override(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2})
+    cfg["parties"][1]["processes"] = 3
+    loaded = load_config(cfg)
+    assert [loaded.party_processes(p) for p in loaded.party_names] == [2, 3]
+    gpus = load_config(tiny_config_dict(tmp_path, **{"training.gpus_per_party": 4}))
+    assert gpus.party_processes("alice") == 4
+
+
+def test_processes_contradicting_gpus_is_an_error(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2, "training.gpus_per_party": 4})
+    (line,) = _errors(cfg)
+    assert line == (
+        "config key `training`: `processes_per_party` is 2 but `gpus_per_party` is 4; each process trains on "
+        "one GPU"
+    )

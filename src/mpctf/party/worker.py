@@ -20,6 +20,7 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.trainer import TrainSettings, train_round
 from mpctf.runtime.base import PartyHandler
@@ -46,6 +47,14 @@ class PartyWorker:
         #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
         self.party_state: dict[str, Any] = {}
         self._reported_load = False
+        world = config.party_processes(party)
+        #: The party's other training processes, when it has several (this process is rank 0).
+        self.ranks = PartyRanks(config, party, world, self.bundle.device) if world > 1 else None
+
+    def close(self) -> None:
+        """Stop the party's other training processes, if any."""
+        if self.ranks is not None:
+            self.ranks.close()
 
     def handle(self, payload: bytes) -> bytes:
         """Serve one serialized request; the reply is serialized the same way."""
@@ -84,7 +93,12 @@ class PartyWorker:
             max_steps=train.local_steps,
             seed=self.config.seed * 100_003 + task.round,
         )
-        stats = train_round(bundle, self.task, chunk, settings, hooks)
+        if self.ranks is None:
+            stats = train_round(bundle, self.task, chunk, settings, hooks)
+        else:
+            params = bundle.mode.trainable_parameters(bundle.model)
+            with self.ranks.round(params, {"chosen": chosen, "settings": settings, "hooks": hooks}) as shard:
+                stats = train_round(bundle, self.task, chunk, settings, hooks, shard=shard)
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
         encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)
