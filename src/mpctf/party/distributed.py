@@ -91,9 +91,7 @@ class RankShard(Shard):
         # Built once: the constructor is a collective (it checks shapes and copies rank 0's weights to all).
         if self._ddp is None:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(
-                model, device_ids=ids, process_group=self.group
-            )
+            self._ddp = DistributedDataParallel(model, device_ids=ids, process_group=self.group)
         return self._ddp
 
     def split(self, step: Sequence[Example]) -> tuple[Sequence[Example], float]:
