@@ -77,11 +77,16 @@ def test_two_processes_give_the_one_process_update(tmp_path: Path, micro_batch: 
     assert pids and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
 
 
-def test_run_with_two_processes_per_party_on_the_local_backend(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, 2, **{"federation.rounds": 2, "training.local_steps": 2})
-    result = mpctf.run(cfg, run_dir=tmp_path / "run")
-    assert [r["round"] for r in result.rounds] == [0, 1, 2]
-    assert result.rounds[-1]["eval_loss"] < result.rounds[0]["eval_loss"]
+def test_local_run_with_two_processes_per_party_follows_the_one_process_run(tmp_path: Path) -> None:
+    """Two rounds of a whole federation on the local backend: every party trains with two processes, the held-out
+    loss after each round is the one-process run's, and no extra rank is left once the run returns."""
+    one = mpctf.run(_config(tmp_path / "one", 1, **{"federation.rounds": 2}), run_dir=tmp_path / "one/run")
+    two = mpctf.run(_config(tmp_path / "two", 2, **{"federation.rounds": 2}), run_dir=tmp_path / "two/run")
+    assert [r["round"] for r in two.rounds] == [0, 1, 2]
+    assert two.rounds[-1]["eval_loss"] < two.rounds[0]["eval_loss"]
+    for a, b in zip(one.rounds, two.rounds, strict=True):
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+        assert b["accuracy"] == a["accuracy"]
     assert not _helper_ranks(os.getpid())
 
 

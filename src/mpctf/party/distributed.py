@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +166,14 @@ def join_group(store: dist.Store, rank: int, world: int, device: torch.device, t
     return RankShard(group, rank, world, device)
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder this ``mpctf`` was imported from first on the path, so every rank
+    runs the same code as rank 0 (a source checkout may shadow an installed copy)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, path]) if path else root}
+
+
 def _threads_per_rank(config: RunConfig, world: int) -> int:
     return config.training.threads or max(1, (os.cpu_count() or 1) // world)
 
@@ -192,7 +201,9 @@ class PartyRanks:
             argv = [sys.executable, "-m", "mpctf.party.distributed", "--party", party, "--rank", str(rank)]
             argv += ["--world", str(world), "--port", str(self.store.port), "--parent", str(os.getpid())]
             argv += ["--threads", str(_threads_per_rank(config, world))] + (["--cuda"] if use_cuda else [])
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+            )
             assert proc.stdin is not None
             proc.stdin.write(text.encode())
             proc.stdin.close()
