@@ -119,3 +119,30 @@ def test_the_recorded_config_loads_again_unchanged(tmp_path: Path, change) -> No
 def test_a_section_of_another_mode_is_still_refused_when_it_changes_a_value(tmp_path: Path) -> None:
     (line,) = _errors(tiny_config_dict(tmp_path, **{"training.qlora": {"quant_type": "fp4"}}))
     assert "`qlora` only applies to mode qlora, but `mode` is 'lora'" in line
+
+
+def test_processes_per_party_with_a_party_override(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2})
+    cfg["parties"][1]["processes"] = 3
+    loaded = load_config(cfg)
+    assert [loaded.party_processes(p) for p in loaded.party_names] == [2, 3]
+    gpus = load_config(tiny_config_dict(tmp_path, **{"training.gpus_per_party": 4}))
+    assert gpus.party_processes("alice") == 4
+
+
+def test_processes_contradicting_gpus_is_an_error(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2, "training.gpus_per_party": 4})
+    (line,) = _errors(cfg)
+    assert line == (
+        "config key `training`: `processes_per_party` is 2 but `gpus_per_party` is 4; each process trains on "
+        "one GPU"
+    )
+
+
+def test_dp_sgd_with_several_processes_per_party_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2})
+    cfg["privacy"] = {"sample_dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+    (line,) = _errors(cfg)
+    assert line == (
+        "config key `privacy`: sample_dp trains in one process per party, but party 'alice' has 2 processes"
+    )

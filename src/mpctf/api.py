@@ -36,15 +36,21 @@ def run_local(
     server = ModelBundle.load(config)
     # Parties with the same training settings share one loaded model (a heterogeneous rank needs its own).
     bundles = {config.training.model_dump_json(): server}
-    handlers = {}
-    for party in config.party_names:
-        training = config.party_training(party)
-        key = training.model_dump_json()
-        if key not in bundles:
-            bundles[key] = ModelBundle.load(config, training)
-        handlers[party] = PartyWorker(config, party, bundle=bundles[key]).handle
-    loop = RoundLoop(config, LocalBackend(handlers), run_dir, bundle=server, listeners=listeners)
-    return loop.run(resume=resume)
+    workers: list[PartyWorker] = []
+    # Success, an error and Ctrl-C all stop the parties' extra training processes (processes_per_party > 1).
+    try:
+        for party in config.party_names:
+            training = config.party_training(party)
+            key = training.model_dump_json()
+            if key not in bundles:
+                bundles[key] = ModelBundle.load(config, training)
+            workers.append(PartyWorker(config, party, bundle=bundles[key]))
+        handlers = {w.party: w.handle for w in workers}
+        loop = RoundLoop(config, LocalBackend(handlers), run_dir, bundle=server, listeners=listeners)
+        return loop.run(resume=resume)
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 def run(

@@ -155,6 +155,13 @@ def _changed(model: BaseModel, keys: Iterable[str]) -> list[str]:
     ]
 
 
+def _check_processes_and_gpus(model: BaseModel, processes: str, gpus: str) -> None:
+    """One process per GPU: a process count set beside a different GPU count is a contradiction."""
+    n_proc, n_gpu = getattr(model, processes), getattr(model, gpus)
+    if n_gpu is not None and processes in model.model_fields_set and n_proc not in (1, n_gpu):
+        raise ValueError(f"`{processes}` is {n_proc} but `{gpus}` is {n_gpu}; each process trains on one GPU")
+
+
 #: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
 MODE_SECTIONS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "pretrain")
 
@@ -178,6 +185,16 @@ class TrainingConfig(Strict):
     max_length: Annotated[int, Field(ge=8)] = 128
     #: Torch CPU threads per party process; by default the host's cores shared among its party processes.
     threads: PositiveInt | None = None
+    #: Processes that train each party's round together (torch.distributed data parallel: gloo on CPU, NCCL on
+    #: GPUs). The party process is rank 0; each round's batch is split across the ranks, gradients averaged.
+    processes_per_party: PositiveInt = 1
+    #: GPUs each party trains on, one process per GPU (so it also sets ``processes_per_party``).
+    gpus_per_party: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _processes_match_gpus(self) -> TrainingConfig:
+        _check_processes_and_gpus(self, "processes_per_party", "gpus_per_party")
+        return self
 
     @model_validator(mode="after")
     def _mode_and_sections(self) -> TrainingConfig:
@@ -267,6 +284,9 @@ class EvalConfig(Strict):
     group_by: str | None = None
     #: Or a file of test rows of the same format.
     path: Path | None = None
+    #: Score only held-out rows whose field has one of the listed values, e.g. ``{topic: [trivia]}`` (applied
+    #: after the hold-out, so parties never train on the excluded held-out rows either).
+    where: dict[str, list[str]] | None = None
     max_samples: PositiveInt | None = 300
     batch_size: PositiveInt = 32
 
@@ -310,6 +330,14 @@ class PartyConfig(Strict):
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
     #: Memory this party may use for training, in GiB; caps what the party measures as free.
     memory_gb: Annotated[float, Field(gt=0)] | None = None
+    #: This party's ``training.processes_per_party`` / ``training.gpus_per_party`` when they differ.
+    processes: PositiveInt | None = None
+    gpus: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _processes_match_gpus(self) -> PartyConfig:
+        _check_processes_and_gpus(self, "processes", "gpus")
+        return self
 
 
 class FederationConfig(Strict):
@@ -384,6 +412,11 @@ class RunConfig(Strict):
     def party(self, name: str) -> PartyConfig:
         """The config entry of one party."""
         return next(p for p in self.parties if p.name == name)
+
+    def party_processes(self, party: str) -> int:
+        """How many processes train ``party``'s rounds (its own setting, else ``training``'s; GPUs count first)."""
+        spec, train = self.party(party), self.training
+        return spec.gpus or spec.processes or train.gpus_per_party or train.processes_per_party
 
     def party_training(self, party: str) -> TrainingConfig:
         """``training`` with the party's own LoRA rank/alpha applied."""
@@ -520,9 +553,17 @@ def _check_privacy(config: RunConfig) -> list[str]:
     uplink = [spec.name for spec in config.communication.uplink]
     buffers = STRATEGIES.get(strategy).buffers_updates
     # What cannot work at all first; what the round loop does not support only once that is settled.
-    problems = incompatibilities(strategy, buffers, uplink, privacy) or unsupported_in_rounds(
-        strategy, uplink, privacy, config.training.mode
+    problems = list(
+        incompatibilities(strategy, buffers, uplink, privacy)
+        or unsupported_in_rounds(strategy, uplink, privacy, config.training.mode)
     )
+    several = [p for p in config.party_names if config.party_processes(p) > 1]
+    if privacy.sample_dp is not None and several:
+        # Opacus's per-sample clipping and our DDP ranks each own the backward pass; not combined yet.
+        problems.append(
+            f"sample_dp trains in one process per party, but party {several[0]!r} has "
+            f"{config.party_processes(several[0])} processes"
+        )
     return [f"config key `privacy`: {p}" for p in dict.fromkeys(problems)]
 
 

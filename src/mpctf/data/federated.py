@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 
 from mpctf.config import RunConfig
-from mpctf.data.sources import Row, load_rows, read_file
+from mpctf.data.sources import Row, filter_rows, load_rows, read_file
 from mpctf.data.splits import assign_to_parties
 from mpctf.errors import DataError
 
@@ -75,6 +75,8 @@ class FederatedData:
             if not shared:
                 raise DataError("data.eval: no shared dataset to hold out test rows from; set data.eval.path")
             rows = [shared[i] for i in self._test]
+        if ev.where:
+            rows = filter_rows(rows, ev.where, "data.eval")
         if ev.max_samples is not None and len(rows) > ev.max_samples:
             rows = random.Random(f"eval:{self.config.seed}").sample(rows, ev.max_samples)
         return rows

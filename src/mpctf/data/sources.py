@@ -174,7 +174,9 @@ def read_file(path: Path) -> list[Row]:
     raise DataError(f"{path}: unsupported data format {path.suffix!r}; use .csv or .jsonl")
 
 
-def _filter(rows: list[Row], where: dict[str, list[str]], name: str) -> list[Row]:
+def filter_rows(rows: list[Row], where: dict[str, list[str]], name: str) -> list[Row]:
+    """The rows whose field has one of the listed values, for every field of ``where``; ``DataError`` naming
+    ``name`` when a field is unknown or nothing matches."""
     for field in where:
         if rows and field not in rows[0]:
             raise DataError(f"{name}: `where` names field {field!r}; rows have {', '.join(rows[0])}")
@@ -195,7 +197,7 @@ def load_rows(dataset: DatasetConfig, seed: int) -> list[Row]:
     if not rows:
         raise DataError(f"dataset {name} has no rows")
     if dataset.where:
-        rows = _filter(rows, dataset.where, f"dataset {name}")
+        rows = filter_rows(rows, dataset.where, f"dataset {name}")
     if dataset.max_samples is not None and dataset.max_samples < len(rows):
         picked = sorted(random.Random(seed).sample(range(len(rows)), dataset.max_samples))
         rows = [rows[i] for i in picked]

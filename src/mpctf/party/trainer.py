@@ -12,6 +12,7 @@ import torch
 from mpctf.aggregation.base import PartyHooks
 from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.distributed import Shard
 
 
 @dataclass
@@ -34,14 +35,23 @@ class TrainSettings:
 
 
 def train_round(
-    bundle: ModelBundle, task: Task, examples: Sequence[Example], settings: TrainSettings, hooks: PartyHooks
+    bundle: ModelBundle,
+    task: Task,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    hooks: PartyHooks,
+    *,
+    shard: Shard | None = None,
 ) -> TrainStats:
     """Train on ``examples`` in the given order: micro-batches, gradient accumulation, fresh AdamW per round.
 
     The optimizer is re-created each round because its moments belong to the previous global state; server-side
-    momentum is the strategies' job.
+    momentum is the strategies' job. With a ``shard`` (a party trained by several processes) this process trains
+    its share of every step and gradients are averaged over the processes; the statistics cover all of them.
     """
-    model, device = bundle.model, bundle.device
+    shard = shard or Shard()
+    device = bundle.device
+    model = shard.wrap(bundle.model)
     params = bundle.mode.trainable_parameters(model)
     # An algorithm may freeze part of the exchanged state at the party (FFA-LoRA keeps lora_A fixed).
     stepped = [p for key, p in params.items() if hooks.trainable(key)]
@@ -57,27 +67,28 @@ def train_round(
     for step in range(steps):
         step_examples = examples[step * per_step : (step + 1) * per_step]
         optimizer.zero_grad(set_to_none=True)
-        micro = [
-            step_examples[i : i + settings.micro_batch]
-            for i in range(0, len(step_examples), settings.micro_batch)
-        ]
-        for chunk in micro:
-            batch = task.collate(chunk).to(device)
-            loss = task.loss(model, batch)
-            extra = hooks.extra_loss(params)
-            total = loss if extra is None else loss + extra
-            # Weight each micro-batch by its share of the step so accumulation equals one big batch.
-            (total * (len(chunk) / len(step_examples))).backward()
-            loss_sum += float(loss.detach()) * len(chunk)
-            samples += len(chunk)
-            tokens += batch.num_tokens
+        mine, factor = shard.split(step_examples)
+        micro = [mine[i : i + settings.micro_batch] for i in range(0, len(mine), settings.micro_batch)]
+        for n, chunk in enumerate(micro):
+            with shard.micro_context(model, last=n == len(micro) - 1):
+                batch = task.collate(chunk).to(device)
+                loss = task.loss(model, batch)
+                extra = hooks.extra_loss(params)
+                total = loss if extra is None else loss + extra
+                # Weight each micro-batch by its share of the step so accumulation equals one big batch.
+                (total * (len(chunk) / len(step_examples) * factor)).backward()
+            if factor:
+                loss_sum += float(loss.detach()) * len(chunk)
+                samples += len(chunk)
+                tokens += batch.num_tokens
         hooks.adjust_gradients(params)
         optimizer.step()
     model.eval()
+    loss_sum, samples, tokens = shard.total([loss_sum, samples, tokens])
     return TrainStats(
         loss=loss_sum / max(samples, 1),
-        samples=samples,
-        tokens=tokens,
+        samples=int(samples),
+        tokens=int(tokens),
         steps=steps,
         seconds=time.perf_counter() - start,
     )

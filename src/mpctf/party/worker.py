@@ -20,6 +20,7 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.privacy import PartyPrivacy
 from mpctf.party.trainer import TrainSettings, TrainStats, train_round
@@ -51,6 +52,14 @@ class PartyWorker:
         #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
         self.privacy = PartyPrivacy(config.privacy, party)
         self.dpsgd_ledger: Any = None  # DP-SGD's accountant history, carried across rounds
+        world = config.party_processes(party)
+        #: The party's other training processes, when it has several (this process is rank 0).
+        self.ranks = PartyRanks(config, party, world, self.bundle.device) if world > 1 else None
+
+    def close(self) -> None:
+        """Stop the party's other training processes, if any."""
+        if self.ranks is not None:
+            self.ranks.close()
 
     def handle(self, payload: bytes) -> bytes:
         """Serve one serialized request; the reply is serialized the same way."""
@@ -91,7 +100,13 @@ class PartyWorker:
             max_steps=train.local_steps,
             seed=self.config.seed * 100_003 + task.round,
         )
-        stats, private_metrics = self._train(chunk, settings, hooks)
+        if self.ranks is None:
+            stats, private_metrics = self._train(chunk, settings, hooks)
+        else:  # DP-SGD with several processes is refused at validation
+            params = bundle.mode.trainable_parameters(bundle.model)
+            with self.ranks.round(params, {"chosen": chosen, "settings": settings, "hooks": hooks}) as shard:
+                stats = train_round(bundle, self.task, chunk, settings, hooks, shard=shard)
+            private_metrics = {}
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
         stage_header: dict[str, Any] = {}

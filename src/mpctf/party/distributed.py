@@ -1,0 +1,347 @@
+"""One party trained by several processes: torch.distributed data parallelism inside the party.
+
+The party process (the long-lived :class:`~mpctf.party.worker.PartyWorker`) is rank 0 and the only rank that
+talks to the federation. When it starts it launches ranks 1..N-1 as ``python -m mpctf.party.distributed``
+subprocesses; each loads the model and the party's data once, like rank 0. Every round rank 0 broadcasts the
+round's plan (chunk indices, optimizer settings, the strategy's party hooks) and then the global trainable state
+tensor by tensor; every rank trains its shard of each step under
+:class:`~torch.nn.parallel.DistributedDataParallel`, and rank 0 alone builds the update.
+
+Equivalence with one process. A step's examples are split into N contiguous shards; a rank weights each of its
+micro-batch losses by ``len(micro-batch) / len(step) · N`` and DDP averages gradients over the N ranks, so the
+summed gradient is exactly the one-process gradient whenever the per-micro-batch loss does not depend on how
+examples are grouped (a fixed number of supervised tokens per example: classification with one-token
+verbalizers, packed causal-LM blocks). Instruction pairs with answers of different lengths are averaged per
+token within each micro-batch, in one process as in N, so there the N-process step is the same estimator of the
+gradient, not the same number. A rank whose shard is empty (a last step smaller than N) runs one example with
+weight 0, because every rank must join every gradient all-reduce.
+
+Process groups. Several parties share one process on the ``local`` backend, so a party's group cannot be the
+process-wide default group of ``init_process_group``; each party builds its own group over a private
+``TCPStore``. Backends: gloo on CPU, NCCL on CUDA (rank ``r`` uses ``cuda:r``, with bf16 autocast).
+
+Teardown. The helpers die with rank 0 whatever ends it: :meth:`PartyRanks.close` (atexit, and ``mpctf.run``'s
+``finally``) sends a stop message or kills them, the Linux parent-death signal covers a killed rank 0, they share
+rank 0's process group (``mpctf launch`` stops whole groups) and a broken connection ends their collectives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import datetime
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from mpctf.config import RunConfig, dump_config, load_config
+from mpctf.data.tasks import Example
+from mpctf.errors import LaunchError
+
+_HOST = "127.0.0.1"
+#: How long rank 0 waits for the other ranks to load the model and join.
+_JOIN_TIMEOUT_S = 600.0
+
+
+class Shard:
+    """How one process takes part in a step. This base is the single-process case: the whole step, no sync."""
+
+    world = 1
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to call in training (DDP around the model when there are several ranks)."""
+        return model
+
+    def split(self, step: Sequence[Example]) -> tuple[Sequence[Example], float]:
+        """This rank's examples of a step and the factor on its losses (0 for a stand-in example)."""
+        return step, 1.0
+
+    def micro_context(self, model: torch.nn.Module, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """Around one micro-batch's forward and backward; gradients are synchronized on the ``last`` one."""
+        return contextlib.nullcontext()
+
+    def total(self, values: Sequence[float]) -> list[float]:
+        """Per-rank statistics summed over the ranks (every rank gets the sums)."""
+        return list(values)
+
+
+class RankShard(Shard):
+    """A rank of a party's process group: its shard of every step, DDP gradient averaging, bf16 on GPUs."""
+
+    def __init__(self, group: dist.ProcessGroup, rank: int, world: int, device: torch.device) -> None:
+        self.group, self.rank, self.world, self.device = group, rank, world, device
+        self._ddp: torch.nn.Module | None = None
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Built once: the constructor is a collective (it checks shapes and copies rank 0's weights to all).
+        if self._ddp is None:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(model, device_ids=ids, process_group=self.group)
+        return self._ddp
+
+    def split(self, step: Sequence[Example]) -> tuple[Sequence[Example], float]:
+        lo, hi = self.rank * len(step) // self.world, (self.rank + 1) * len(step) // self.world
+        if lo == hi:
+            return step[:1], 0.0
+        return step[lo:hi], float(self.world)
+
+    @contextlib.contextmanager
+    def micro_context(self, model: torch.nn.Module, *, last: bool) -> Iterator[None]:
+        sync = contextlib.nullcontext() if last else model.no_sync()  # type: ignore[operator]
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with sync, autocast:
+            yield
+
+    def total(self, values: Sequence[float]) -> list[float]:
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        self.group.allreduce(t).wait()
+        return t.tolist()
+
+    # --- rank 0 → all messages ----------------------------------------------------------------------
+    def broadcast_object(self, obj: Any = None) -> Any:
+        """``obj`` from rank 0, pickled; every rank returns it."""
+        if self.rank == 0:
+            data = pickle.dumps(obj)
+            size = torch.tensor([len(data)], dtype=torch.long, device=self.device)
+        else:
+            size = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.group.broadcast(size, 0).wait()
+        buf = (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device)
+            if self.rank == 0
+            else torch.empty(int(size), dtype=torch.uint8, device=self.device)
+        )
+        self.group.broadcast(buf, 0).wait()
+        return obj if self.rank == 0 else pickle.loads(buf.cpu().numpy().tobytes())
+
+    @torch.no_grad()
+    def broadcast_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Overwrite every rank's ``tensors`` (the trainable parameters) with rank 0's, in key order."""
+        for key in sorted(tensors):
+            self.group.broadcast(tensors[key].data, 0).wait()
+
+
+def party_device(rank: int, use_cuda: bool) -> torch.device:
+    """Rank ``r`` trains on ``cuda:r`` on a GPU host, on the CPU otherwise."""
+    return torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+
+
+def join_group(store: dist.Store, rank: int, world: int, device: torch.device, timeout_s: float) -> RankShard:
+    """This rank's :class:`RankShard` in a party group of ``world`` ranks rendezvousing through ``store``.
+
+    The group is built the way ``torch.distributed.new_group`` builds one (a ``ProcessGroup`` with one backend
+    registered per device type), but over the party's own store, since the default group is process-wide.
+    """
+    timeout = datetime.timedelta(seconds=timeout_s)
+    prefix = dist.PrefixStore("mpctf-party/", store)
+    group = dist.ProcessGroup(prefix, rank, world)
+    if device.type == "cuda":
+        backend = dist.ProcessGroupNCCL(prefix, rank, world, dist.ProcessGroupNCCL.Options())
+        kind = dist.ProcessGroup.BackendType.NCCL
+    else:
+        backend = dist.ProcessGroupGloo(prefix, rank, world, timeout)
+        kind = dist.ProcessGroup.BackendType.GLOO
+    group._set_default_backend(kind)
+    group._register_backend(device, kind, backend)
+    return RankShard(group, rank, world, device)
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder this ``mpctf`` was imported from first on the path, so every rank
+    runs the same code as rank 0 (a source checkout may shadow an installed copy)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, path]) if path else root}
+
+
+def _threads_per_rank(config: RunConfig, world: int) -> int:
+    return config.training.threads or max(1, (os.cpu_count() or 1) // world)
+
+
+class PartyRanks:
+    """Rank 0's handle on its party's other ranks: start them, drive them each round, stop them."""
+
+    def __init__(self, config: RunConfig, party: str, world: int, device: torch.device) -> None:
+        self.party, self.world = party, world
+        self.timeout_s = config.federation.round_timeout_s
+        use_cuda = device.type == "cuda"
+        if use_cuda and torch.cuda.device_count() < world:
+            raise LaunchError(
+                f"party {party!r}: {world} processes need {world} GPUs, {torch.cuda.device_count()} are visible"
+            )
+        self.store = dist.TCPStore(_HOST, 0, world, True, wait_for_workers=False)
+        self.logs: list[Any] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._busy = False
+        self.failed = ""
+        text = dump_config(config)
+        atexit.register(self.close)
+        for rank in range(1, world):
+            log = tempfile.TemporaryFile()  # noqa: SIM115  (kept open for the rank's lifetime)
+            argv = [sys.executable, "-m", "mpctf.party.distributed", "--party", party, "--rank", str(rank)]
+            argv += ["--world", str(world), "--port", str(self.store.port), "--parent", str(os.getpid())]
+            argv += ["--threads", str(_threads_per_rank(config, world))] + (["--cuda"] if use_cuda else [])
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(text.encode())
+            proc.stdin.close()
+            self.logs.append(log)
+            self.procs.append(proc)
+        self._wait_ready()
+        self.shard = join_group(self.store, 0, world, device, self.timeout_s)
+
+    def _wait_ready(self) -> None:
+        """Wait until every rank has loaded its model, failing early (with its last line) if one exits."""
+        deadline = time.monotonic() + _JOIN_TIMEOUT_S
+        keys = [f"ready/{r}" for r in range(1, self.world)]
+        while not self.store.check(keys):
+            for rank, proc in enumerate(self.procs, start=1):
+                if proc.poll() is not None:
+                    self.close()
+                    raise LaunchError(f"party {self.party!r}: rank {rank} exited: {self._last_line(rank)}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise LaunchError(f"party {self.party!r}: ranks did not start within {_JOIN_TIMEOUT_S:g} s")
+            time.sleep(0.2)
+
+    def _last_line(self, rank: int) -> str:
+        log = self.logs[rank - 1]
+        log.seek(0)
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1].strip() if lines else f"exit code {self.procs[rank - 1].returncode}"
+
+    @contextlib.contextmanager
+    def round(self, params: dict[str, torch.Tensor], plan: dict[str, Any]) -> Iterator[RankShard]:
+        """Send the round's ``plan`` and rank 0's trainable tensors (already the global state) to every rank,
+        then yield rank 0's shard to train with. A round that fails part-way leaves the ranks out of step, so it
+        stops them: the party's later rounds fail with that reason instead of hanging."""
+        self._check_alive()
+        self._busy = True
+        try:
+            self.shard.broadcast_object({"op": "train", **plan})
+            self.shard.broadcast_tensors(params)
+            yield self.shard
+        except BaseException as exc:
+            self.failed = f"a round failed part-way ({type(exc).__name__}: {exc})"
+            self.close()
+            raise
+        self._busy = False
+
+    def _check_alive(self) -> None:
+        if self.failed:
+            raise LaunchError(f"party {self.party!r}: its training processes were stopped: {self.failed}")
+        for rank, proc in enumerate(self.procs, start=1):
+            if proc.poll() is not None:
+                raise LaunchError(f"party {self.party!r}: rank {rank} has exited: {self._last_line(rank)}")
+
+    def close(self) -> None:
+        """Stop every other rank: a stop message when they are idle, then SIGTERM, then SIGKILL."""
+        procs, self.procs = self.procs, []
+        if not procs:
+            return
+        atexit.unregister(self.close)
+        if not self._busy and hasattr(self, "shard") and all(p.poll() is None for p in procs):
+            with contextlib.suppress(Exception):
+                self.shard.broadcast_object({"op": "stop"})
+        _stop(procs, grace_s=5.0)
+        for log in self.logs:
+            log.close()
+
+
+def _stop(procs: Sequence[subprocess.Popen[bytes]], *, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            if sig is not None and p.poll() is None:
+                p.send_signal(sig)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if all(p.poll() is not None for p in procs):
+            return
+        deadline = time.monotonic() + grace_s
+
+
+# --- ranks 1..N-1 -------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (and exit now if it already has)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+def serve_rank(config: RunConfig, party: str, rank: int, world: int, port: int, use_cuda: bool) -> None:
+    """Load the model and the party's data, join the group, then train whatever rank 0 sends until ``stop``."""
+    from mpctf.data.federated import FederatedData
+    from mpctf.data.tasks import make_task
+    from mpctf.model.bundle import ModelBundle
+    from mpctf.party.trainer import train_round
+
+    device = party_device(rank, use_cuda)
+    if use_cuda:
+        torch.cuda.set_device(device)
+    bundle = ModelBundle.load(config, config.party_training(party))
+    task = make_task(config, bundle.tokenizer)
+    examples = task.encode_all(FederatedData(config).party_rows(party), f"party {party!r} data")
+    store = dist.TCPStore(_HOST, port, world, False, timeout=datetime.timedelta(seconds=_JOIN_TIMEOUT_S))
+    store.set(f"ready/{rank}", "1")
+    shard = join_group(store, rank, world, device, config.federation.round_timeout_s)
+    while True:
+        msg = shard.broadcast_object()
+        if msg["op"] == "stop":
+            return
+        hooks = msg["hooks"]
+        bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
+        shard.broadcast_tensors(bundle.mode.trainable_parameters(bundle.model))
+        chunk = [examples[i] for i in msg["chosen"]]
+        train_round(bundle, task, chunk, msg["settings"], hooks, shard=shard)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="One extra training rank of an MPCTF party (config on stdin)."
+    )
+    parser.add_argument("--party", required=True)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--cuda", action="store_true")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    torch.set_num_threads(args.threads)
+    config = load_config(yaml.safe_load(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")))
+    try:
+        serve_rank(config, args.party, args.rank, args.world, args.port, args.cuda)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole foreground group; rank 0 reports it
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

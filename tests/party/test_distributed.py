@@ -1,0 +1,138 @@
+"""A party trained by two processes (gloo on CPU) against the same party trained by one process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+import mpctf
+from mpctf.comm import chain_from_specs
+from mpctf.config import load_config
+from mpctf.messages import RoundTask, Update
+from mpctf.model.bundle import ModelBundle
+from mpctf.party.planning import local_plans
+from mpctf.party.worker import PartyWorker
+from support import tiny_config_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
+    return tiny_config_dict(
+        tmp_path,
+        **{
+            "training.processes_per_party": processes,
+            "training.threads": 1,
+            "training.local_steps": None,
+            # 9 examples in steps of 4: the last step has one example, so rank 1 runs a zero-weight stand-in.
+            "data.partition.size": 9,
+            **overrides,
+        },
+    )
+
+
+def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Update, list[int]]:
+    config = load_config(_config(tmp_path, processes))
+    plan = dataclasses.replace(
+        local_plans(config)["alice"], micro_batch=micro_batch, grad_accum=4 // micro_batch
+    )
+    bundle = ModelBundle.load(config)
+    worker = PartyWorker(config, "alice", bundle=bundle)
+    try:
+        state = bundle.mode.get_state(bundle.model)
+        encoded, header = chain_from_specs([]).encode(state, {})
+        task = RoundTask(1, encoded, {"plan": dataclasses.asdict(plan), "downlink": header, "strategy": {}})
+        update = worker.train(task)
+        pids = [p.pid for p in worker.ranks.procs] if worker.ranks else []
+    finally:
+        worker.close()
+    return update, pids
+
+
+@pytest.mark.parametrize("micro_batch", [4, 2])
+def test_two_processes_give_the_one_process_update(tmp_path: Path, micro_batch: int) -> None:
+    """Same chunk, same seed, same total batch of 4 per step: each rank takes 2 examples (as one micro-batch,
+    or as two micro-batches of 1 when the plan accumulates) and DDP averages the gradients. The verbalizers are
+    one token each, so every example carries the same weight in both layouts and the updates agree up to float
+    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry."""
+    one, _ = _train_once(tmp_path / "one", 1, micro_batch)
+    two, pids = _train_once(tmp_path / "two", 2, micro_batch)
+    assert (one.num_samples, one.num_tokens) == (two.num_samples, two.num_tokens) == (9, one.num_tokens)
+    assert two.metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
+    assert one.tensors.keys() == two.tensors.keys()
+    scale = max(float(t.abs().max()) for t in one.tensors.values())
+    assert scale > 0
+    for key, tensor in one.tensors.items():
+        torch.testing.assert_close(two.tensors[key], tensor, rtol=0, atol=1e-4 * scale, msg=key)
+    # The other rank is gone once the worker is closed.
+    assert pids and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def test_local_run_with_two_processes_per_party_follows_the_one_process_run(tmp_path: Path) -> None:
+    """Two rounds of a whole federation on the local backend: every party trains with two processes, the held-out
+    loss after each round is the one-process run's, and no extra rank is left once the run returns."""
+    one = mpctf.run(_config(tmp_path / "one", 1, **{"federation.rounds": 2}), run_dir=tmp_path / "one/run")
+    two = mpctf.run(_config(tmp_path / "two", 2, **{"federation.rounds": 2}), run_dir=tmp_path / "two/run")
+    assert [r["round"] for r in two.rounds] == [0, 1, 2]
+    assert two.rounds[-1]["eval_loss"] < two.rounds[0]["eval_loss"]
+    for a, b in zip(one.rounds, two.rounds, strict=True):
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+        assert b["accuracy"] == a["accuracy"]
+    assert not _helper_ranks(os.getpid())
+
+
+def _helper_ranks(parent: int) -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.Process(parent).children(recursive=True)
+        if "mpctf.party.distributed" in " ".join(p.cmdline())
+    ]
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> None:
+    """Killing rank 0 outright (no cleanup runs) or interrupting it like Ctrl-C leaves no rank behind."""
+    script = tmp_path / "party.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+            from support import tiny_config_dict
+            from mpctf.config import load_config
+            from mpctf.party.worker import PartyWorker
+            worker = PartyWorker(load_config(tiny_config_dict(__import__("pathlib").Path({str(tmp_path)!r}),
+                **{{"training.processes_per_party": 2, "training.threads": 1}})), "alice")
+            print("ready", flush=True)
+            time.sleep(600)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mpctf.__file__).parents[1]), *sys.path])}
+    # Its own session, like a terminal's foreground job: Ctrl-C signals the whole group.
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, env=env, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        helpers = _helper_ranks(proc.pid)
+        assert len(helpers) == 1
+        if how == "sigkill":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(helpers, timeout=30)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
