@@ -274,6 +274,17 @@ class DataConfig(Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class AttackConfig(Strict):
+    """SIMULATION ONLY: makes a party send a poisoned update, to measure robust strategies (benchmarks, tests).
+
+    ``sign_flip`` sends ``-factor · update``; ``scale`` sends ``factor · update``. A real party can of course
+    send anything; this knob only lets an honest simulation reproduce the classic attacks of the robust-aggregation
+    literature (Blanchard et al., 2017; Yin et al., 2018)."""
+
+    kind: Literal["sign_flip", "scale"]
+    factor: Annotated[float, Field(gt=0)] = 1.0
+
+
 class PartyConfig(Strict):
     name: PartyName
     #: The party's own data; without it the party gets its share of ``data.dataset``.
@@ -283,6 +294,8 @@ class PartyConfig(Strict):
     lora_alpha: Annotated[float, Field(gt=0)] | None = None
     #: Memory this party may use for training, in GiB; caps what the party measures as free.
     memory_gb: Annotated[float, Field(gt=0)] | None = None
+    #: SIMULATION ONLY (benchmarks and tests of robust strategies): this party poisons its updates.
+    attack: AttackConfig | None = None
 
 
 class FederationConfig(Strict):

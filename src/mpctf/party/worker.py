@@ -20,6 +20,7 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.attack import poison_update
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.trainer import TrainSettings, train_round
 from mpctf.runtime.base import PartyHandler
@@ -87,6 +88,9 @@ class PartyWorker:
         stats = train_round(bundle, self.task, chunk, settings, hooks)
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
+        attack = self.config.party(self.party).attack
+        if attack is not None:  # simulation only: see mpctf.party.attack
+            delta = poison_update(delta, kind=attack.kind, factor=attack.factor)
         encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)
         metrics = {
             "loss": stats.loss,
