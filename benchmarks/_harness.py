@@ -246,6 +246,7 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[list[float]]]) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, per_seed in curves.items():
@@ -260,6 +261,7 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[list[float]]]) ->
                 [m + s for m, s in zip(means, sds, strict=True)],
                 alpha=0.15,
             )
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title)

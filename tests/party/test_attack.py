@@ -36,3 +36,21 @@ def test_config_accepts_attack_and_rejects_bad_values(tmp_path) -> None:
     cfg["parties"][1]["attack"] = {"kind": "scale", "factor": 0}
     with pytest.raises(ConfigError, match="parties"):
         load_config(cfg)
+
+
+@pytest.mark.slow
+def test_attacking_party_sends_the_scaled_update(tmp_path) -> None:
+    """The same party, data and seed: with ``scale ×3`` the server receives an update 3× as long."""
+    import mpctf
+    from mpctf.report.metrics import read_metrics
+
+    def bob_norm(attack: dict | None, name: str) -> float:
+        cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 1})
+        if attack:
+            cfg["parties"][1]["attack"] = attack
+        mpctf.run(cfg, run_dir=tmp_path / name)
+        records = read_metrics(tmp_path / name / "metrics.jsonl")
+        return next(r["update_norm"] for r in records if r["event"] == "party_round" and r["party"] == "bob")
+
+    honest = bob_norm(None, "honest")
+    assert bob_norm({"kind": "scale", "factor": 3.0}, "scaled") == pytest.approx(3 * honest, rel=1e-4)
