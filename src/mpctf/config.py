@@ -319,6 +319,17 @@ class HostConfig(Strict):
     server_address: str | None = None
 
 
+class AttackConfig(Strict):
+    """SIMULATION ONLY: makes a party send a poisoned update, to measure robust strategies (benchmarks, tests).
+
+    ``sign_flip`` sends ``-factor · update``; ``scale`` sends ``factor · update``. A real party can of course
+    send anything; this knob only lets an honest simulation reproduce the classic attacks of the robust-aggregation
+    literature (Blanchard et al., 2017; Yin et al., 2018)."""
+
+    kind: Literal["sign_flip", "scale"]
+    factor: Annotated[float, Field(gt=0)] = 1.0
+
+
 class PartyConfig(Strict):
     name: PartyName
     #: Start this party on another machine over SSH (``backend.name: flower``); on this host when absent.
@@ -333,6 +344,8 @@ class PartyConfig(Strict):
     #: This party's ``training.processes_per_party`` / ``training.gpus_per_party`` when they differ.
     processes: PositiveInt | None = None
     gpus: PositiveInt | None = None
+    #: SIMULATION ONLY (benchmarks and tests of robust strategies): this party poisons its updates.
+    attack: AttackConfig | None = None
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> PartyConfig:

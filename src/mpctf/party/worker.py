@@ -20,6 +20,7 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.attack import poison_update
 from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.privacy import PartyPrivacy
@@ -109,6 +110,9 @@ class PartyWorker:
             private_metrics = {}
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
+        attack = self.config.party(self.party).attack
+        if attack is not None:  # simulation only: see mpctf.party.attack
+            delta = poison_update(delta, kind=attack.kind, factor=attack.factor)
         stage_header: dict[str, Any] = {}
         if self.privacy.active:
             delta, privacy_header, privacy_metrics = self.privacy.protect(
