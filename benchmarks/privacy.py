@@ -10,6 +10,7 @@ party holds its own movies; the server evaluates on movies no party has), on the
 - ``secagg`` / ``he``: secure aggregation / CKKS, no noise: same accuracy as ``plain``, what they cost.
 
     python benchmarks/privacy.py --rounds 3 --chunk 16 --steps 2 --runs plain,dp8,dp2,sgd8,sgd2,secagg,he
+    python benchmarks/privacy.py --wiring      # one round of the SecAgg / CKKS stages alone, no model (seconds)
 
 The per-algorithm micro-benchmark without a model is ``benchmarks/privacy_overhead.py``.
 """
@@ -134,6 +135,103 @@ def summarize(name: str, privacy: dict[str, Any], run_dir: Path, seconds: float)
     return out
 
 
+def lora_shaped_updates(parties: list[str], layers: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """SmolLM2-135M's LoRA update (r = 8 on q_proj 576→576 and v_proj 576→192): 15 360 values per layer."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "q_proj.lora_A": (8, 576),
+        "q_proj.lora_B": (576, 8),
+        "v_proj.lora_A": (8, 576),
+        "v_proj.lora_B": (192, 8),
+    }
+    return {
+        p: {
+            f"layers.{i}.{n}": torch.randn(s, generator=g) * 1e-3
+            for i in range(layers)
+            for n, s in shapes.items()
+        }
+        for p in parties
+    }
+
+
+def wiring_round(
+    args: argparse.Namespace, privacy: dict[str, Any], drop: str | None = None
+) -> dict[str, Any]:
+    """One round of the real privacy stages (party and server side, through the local backend) on
+    LoRA-shaped updates, without a model: what SecAgg and CKKS add to a round, apart from training."""
+    from mpctf.aggregation.fedavg import FedAvg
+    from mpctf.config import load_config
+    from mpctf.data.chunking import PartyPlan
+    from mpctf.messages import RoundTask, Update
+    from mpctf.party.privacy import PartyPrivacy
+    from mpctf.privacy.rounds import OPS
+    from mpctf.runtime.local import LocalBackend
+    from mpctf.server.privacy import ServerPrivacy
+
+    config = load_config({**base_config(args, Path(tempfile.gettempdir())), "privacy": privacy})
+    names = config.party_names
+    updates = lora_shaped_updates(names, args.layers)
+    sides = {p: PartyPrivacy(config.privacy, p) for p in names}
+    party_s: list[float] = []
+
+    def handler(party: str):
+        def handle(payload: bytes) -> bytes:
+            task = RoundTask.from_bytes(payload)
+            if task.instructions["op"] in OPS:
+                return sides[party].handle(task)
+            if party == drop:
+                raise RuntimeError("dropped")
+            start = time.perf_counter()
+            tensors, header, metrics = sides[party].protect(
+                task, updates[party], num_samples=16, num_tokens=16
+            )
+            update = Update(party, task.round, tensors, 16, 16, metrics, header={"privacy": header})
+            wire = update.to_bytes()
+            party_s.append(time.perf_counter() - start)
+            return wire
+
+        return handle
+
+    backend = LocalBackend({p: handler(p) for p in names})
+    server = ServerPrivacy(config, FedAvg())
+    setup = server.setup(backend)
+    reference = {k: v * 0 for k, v in updates[names[0]].items()}
+    server.strategy.begin_round(1, reference)
+    plans = {p: PartyPlan(p, 100, 1000, 16, None, 5, 8, 1, None, None) for p in names}
+    tasks = {
+        p: RoundTask(1, {}, {"op": "train", "privacy": i}).to_bytes()
+        for p, i in server.begin_round(1, names, plans, backend).items()
+    }
+    sizes = []
+    start = time.perf_counter()
+    for reply in backend.train_round(tasks, 600):
+        if reply.payload is not None:
+            sizes.append(len(reply.payload))
+            server_start = time.perf_counter()
+            server.receive_hidden(Update.from_bytes(reply.payload), reference)
+            party_s.append(-(time.perf_counter() - server_start))  # server side, kept apart below
+    server.finish_round(1, backend)
+    mean = server.strategy.finalize()
+    alive = [p for p in names if p != drop]
+    expected = {k: sum(updates[p][k] for p in alive) / len(alive) for k in reference}
+    error = max(float((mean[k] - expected[k]).abs().max()) for k in expected)
+    m = server.last_metrics
+    return {
+        "values": sum(v.numel() for v in reference.values()),
+        "party_protect_s": sum(s for s in party_s if s > 0) / max(1, len([s for s in party_s if s > 0])),
+        "server_receive_s": -sum(s for s in party_s if s < 0),
+        "update_bytes_per_party": sum(sizes) / len(sizes),
+        "exchange_s": m["privacy_exchange_seconds"],
+        "exchange_bytes": m["privacy_exchange_bytes_up"] + m["privacy_exchange_bytes_down"],
+        "server_finish_s": m["privacy_server_seconds"],
+        "round_wall_s": time.perf_counter() - start,
+        "max_abs_error": error,
+        **{k: v for k, v in setup.items() if k.startswith("he_setup") or k == "he_public_context_bytes"},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,7 +247,20 @@ def main() -> None:
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD per-example clip norm")
     parser.add_argument("--runs", default="plain,dp8,dp2,sgd8,sgd2,secagg,he")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (default: stdout only)")
+    parser.add_argument(
+        "--wiring", action="store_true", help="only one round of the privacy stages on LoRA-shaped updates"
+    )
+    parser.add_argument("--layers", type=int, default=30, help="--wiring: LoRA layers (SmolLM2-135M has 30)")
     args = parser.parse_args()
+    if args.wiring:
+        cases = {
+            "secagg": ({"secure_aggregation": {}}, None),
+            "secagg, carol drops": ({"secure_aggregation": {}}, "carol"),
+            "ckks": ({"homomorphic_encryption": {}}, None),
+        }
+        for name, (privacy, drop) in cases.items():
+            print(json.dumps({"case": name, **wiring_round(args, privacy, drop)}), flush=True)
+        return
     sections = privacy_sections(args)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.runs.split(","):
