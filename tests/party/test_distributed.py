@@ -33,7 +33,6 @@ def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
             "training.processes_per_party": processes,
             "training.threads": 1,
             "training.local_steps": None,
-            # 9 examples in steps of 4: the last step has one example, so rank 1 runs a zero-weight stand-in.
             "data.partition.size": 9,
             **overrides,
         },
@@ -41,9 +40,13 @@ def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
 
 
 def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Update, list[int]]:
+    """One round of party alice on a chunk of 9 examples in steps of 4: the last step has one example, so with
+    two processes rank 0 runs a zero-weight stand-in."""
     config = load_config(_config(tmp_path, processes))
+    plan = local_plans(config)["alice"]
+    # Rounds of 9 samples (the first chunk has num_samples // rounds_per_epoch rows).
     plan = dataclasses.replace(
-        local_plans(config)["alice"], micro_batch=micro_batch, grad_accum=4 // micro_batch
+        plan, rounds_per_epoch=plan.num_samples // 9, micro_batch=micro_batch, grad_accum=4 // micro_batch
     )
     bundle = ModelBundle.load(config)
     worker = PartyWorker(config, "alice", bundle=bundle)
