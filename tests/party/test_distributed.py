@@ -21,6 +21,7 @@ from mpctf.messages import RoundTask, Update
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import local_plans
 from mpctf.party.worker import PartyWorker
+from mpctf.report.metrics import read_metrics
 from support import tiny_config_dict
 
 pytestmark = pytest.mark.slow
@@ -113,6 +114,7 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
             from support import tiny_config_dict
             from mpctf.config import load_config
             from mpctf.party.worker import PartyWorker
+from mpctf.report.metrics import read_metrics
             worker = PartyWorker(load_config(tiny_config_dict(__import__("pathlib").Path({str(tmp_path)!r}),
                 **{{"training.processes_per_party": 2, "training.threads": 1}})), "alice")
             print("ready", flush=True)
@@ -139,3 +141,25 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.flower
+def test_flower_run_with_two_processes_per_party_leaves_no_rank_behind(tmp_path: Path) -> None:
+    """On Flower each party worker is its own process and starts its rank 1; the run ends with all of them."""
+    before = {p.pid for p in _all_ranks()}
+    cfg = _config(
+        tmp_path, 2, **{"backend.name": "flower", "federation.rounds": 1, "training.local_steps": 2}
+    )
+    result = mpctf.run(cfg, run_dir=tmp_path / "run")
+    assert [r["round"] for r in result.rounds] == [0, 1]
+    parties = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
+    assert len(parties) == 2 and all(r["status"] == "ok" and r["samples"] > 0 for r in parties)
+    assert not [p for p in _all_ranks() if p.pid not in before]
+
+
+def _all_ranks() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "mpctf.party.distributed" in " ".join(p.info["cmdline"] or [])
+    ]
