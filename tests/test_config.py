@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpctf.config import load_config
+from mpctf.config import dump_config, load_config
 from mpctf.errors import ConfigError
 from support import tiny_config_dict
 
@@ -98,6 +98,29 @@ def test_unknown_codec_and_bad_codec_param(tmp_path: Path) -> None:
     assert lines[1].startswith("config key `communication.uplink.1.fraction`:")
 
 
+def _ia3(cfg: dict) -> None:
+    cfg["training"].pop("lora", None)
+    cfg["training"]["mode"] = "ia3"
+
+
+def _instruction(cfg: dict) -> None:
+    cfg["task"] = {"type": "instruction", "prompt": "{question}", "answer_field": "reply"}
+
+
+@pytest.mark.parametrize("change", [lambda cfg: None, _ia3, _instruction])
+def test_the_recorded_config_loads_again_unchanged(tmp_path: Path, change) -> None:
+    # Every party process re-reads the config.yaml the launcher writes, which spells out every default.
+    cfg = tiny_config_dict(tmp_path)
+    change(cfg)
+    config = load_config(cfg)
+    assert load_config(yaml.safe_load(dump_config(config))) == config
+
+
+def test_a_section_of_another_mode_is_still_refused_when_it_changes_a_value(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"training.qlora": {"quant_type": "fp4"}}))
+    assert "`qlora` only applies to mode qlora, but `mode` is 'lora'" in line
+
+
 def test_processes_per_party_with_a_party_override(tmp_path: Path) -> None:
     cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2})
     cfg["parties"][1]["processes"] = 3
@@ -113,4 +136,13 @@ def test_processes_contradicting_gpus_is_an_error(tmp_path: Path) -> None:
     assert line == (
         "config key `training`: `processes_per_party` is 2 but `gpus_per_party` is 4; each process trains on "
         "one GPU"
+    )
+
+
+def test_dp_sgd_with_several_processes_per_party_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"training.processes_per_party": 2})
+    cfg["privacy"] = {"sample_dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+    (line,) = _errors(cfg)
+    assert line == (
+        "config key `privacy`: sample_dp trains in one process per party, but party 'alice' has 2 processes"
     )

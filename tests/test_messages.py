@@ -40,3 +40,24 @@ def test_corrupt_payload_is_value_error() -> None:
         unpack(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage")
     with pytest.raises(ValueError, match="not a party update"):
         Update.from_bytes(RoundTask(1, {}).to_bytes())
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"kind": "update", "party": "p", "round": 1},  # no sample counts
+        {"kind": "update", "party": "p", "round": "one", "num_samples": 1, "num_tokens": 1},
+        {"kind": "update", "party": "p", "round": 1, "num_samples": 1, "num_tokens": 1, "metrics": [1]},
+        {"kind": "update", "party": "p", "round": 1, "num_samples": 1, "num_tokens": 1, "stages": "x"},
+    ],
+)
+def test_malformed_update_header_is_value_error(header: dict) -> None:
+    # A reply comes from another machine: whatever its header holds, the server sees a ValueError, never a crash.
+    with pytest.raises(ValueError, match="malformed update header"):
+        Update.from_bytes(pack({"w": torch.ones(1)}, header))
+
+
+def test_header_that_is_not_a_mapping_is_value_error() -> None:
+    payload = pack({"w": torch.ones(1)}, {}).replace(b'"{}"', b'"[]"')  # same length, a list
+    with pytest.raises(ValueError, match="not a mapping"):
+        unpack(payload)

@@ -66,11 +66,18 @@ def run(
     in ``run_dir`` from its last completed round.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
+    from mpctf.launch.remote import check_hosts
+
+    check_hosts(cfg)
     target = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if cfg.backend.name == "flower":
         from mpctf.launch.federation import run_flower
 
         result = run_flower(cfg, target, resume=resume, listeners=listeners or [])
+    elif cfg.backend.name == "processes":
+        from mpctf.launch.workers import run_processes
+
+        result = run_processes(cfg, target, resume=resume, listeners=listeners or [])
     else:
         result = run_local(cfg, target, resume=resume, listeners=listeners or [])
     render_report(target)

@@ -144,9 +144,13 @@ def launch(
     with ProgressView(cfg.federation.rounds, err) as view:
         result = run(cfg, run_dir=target, resume=resume is not None, listeners=[view])
     out.print(f"run directory: {result.run_dir}")
+    # A resumed run's result holds only the rounds it ran: no round 0, so no "before training".
+    before = result.initial_accuracy
+    start = f"{before:.4f} before training → " if before is not None else ""
+    final = f"{result.final_accuracy:.4f}" if result.final_accuracy is not None else "n/a"
     out.print(
-        f"accuracy: {result.initial_accuracy:.4f} before training → {result.final_accuracy:.4f} after "
-        f"round {result.rounds[-1]['round']}; report: {result.run_dir / 'report.md'}"
+        f"accuracy: {start}{final} after round {result.rounds[-1]['round']}; "
+        f"report: {result.run_dir / 'report.md'}"
     )
 
 
@@ -256,7 +260,12 @@ def party(
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag}: file not found: {path}")
     serve_party(
-        load_config(config), name, work_dir, superlink=server_address, root_cert=root_cert, auth_key=auth_key
+        load_config(config, party=name),
+        name,
+        work_dir,
+        superlink=server_address,
+        root_cert=root_cert,
+        auth_key=auth_key,
     )
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpctf.errors import ConfigError
+from mpctf.privacy.config import PrivacyConfig
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PartyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -299,8 +300,40 @@ class DataConfig(Strict):
     eval: EvalConfig = EvalConfig()
 
 
+class HostConfig(Strict):
+    """Where ``mpctf launch`` starts a party over SSH (OpenSSH client) instead of on this host."""
+
+    #: ``user@host`` or ``host``, as given to ``ssh``.
+    address: Annotated[str, Field(min_length=1, pattern=r"^[^\s-][^\s]*$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    #: Folder on the remote host for the party's config, credentials and logs (relative to the login folder).
+    work_dir: str = "mpctf-party"
+    #: The remote interpreter that has mpctf installed, e.g. ``/opt/mpctf/.venv/bin/python``.
+    python: str = "python3"
+    #: The party's data file on the remote host; replaces ``parties[].data.path`` there.
+    data_path: str | None = None
+    #: ``CUDA_VISIBLE_DEVICES`` for the party, e.g. ``"0,1"``.
+    devices: str | None = None
+    #: ``HOST:PORT`` the remote host dials to reach the server; by default the address its SSH connection came
+    #: from, with the launch's server port.
+    server_address: str | None = None
+
+
+class AttackConfig(Strict):
+    """SIMULATION ONLY: makes a party send a poisoned update, to measure robust strategies (benchmarks, tests).
+
+    ``sign_flip`` sends ``-factor · update``; ``scale`` sends ``factor · update``. A real party can of course
+    send anything; this knob only lets an honest simulation reproduce the classic attacks of the robust-aggregation
+    literature (Blanchard et al., 2017; Yin et al., 2018)."""
+
+    kind: Literal["sign_flip", "scale"]
+    factor: Annotated[float, Field(gt=0)] = 1.0
+
+
 class PartyConfig(Strict):
     name: PartyName
+    #: Start this party on another machine over SSH (``backend.name: flower``); on this host when absent.
+    host: HostConfig | None = None
     #: The party's own data; without it the party gets its share of ``data.dataset``.
     data: DatasetConfig | None = None
     #: This party's LoRA rank and alpha when they differ from ``training.lora`` (heterogeneous-rank strategies).
@@ -311,6 +344,8 @@ class PartyConfig(Strict):
     #: This party's ``training.processes_per_party`` / ``training.gpus_per_party`` when they differ.
     processes: PositiveInt | None = None
     gpus: PositiveInt | None = None
+    #: SIMULATION ONLY (benchmarks and tests of robust strategies): this party poisons its updates.
+    attack: AttackConfig | None = None
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> PartyConfig:
@@ -340,7 +375,9 @@ class CommunicationConfig(Strict):
 
 
 class BackendConfig(Strict):
-    name: Literal["local", "flower"] = "local"
+    #: ``local``: every party in this process; ``processes``: each party in its own worker process on this host;
+    #: ``flower``: Flower's deployment engine (SuperLink and one SuperNode per party).
+    name: Literal["local", "processes", "flower"] = "local"
 
 
 class RunConfig(Strict):
@@ -355,6 +392,8 @@ class RunConfig(Strict):
     federation: FederationConfig = FederationConfig()
     communication: CommunicationConfig = CommunicationConfig()
     backend: BackendConfig = BackendConfig()
+    #: Client-level DP, sample-level DP-SGD, secure aggregation, homomorphic encryption; all off by default.
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -407,10 +446,11 @@ class RunConfig(Strict):
 # --- loading and error reporting ----------------------------------------------------------------
 
 
-def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
+def load_config(source: str | Path | dict[str, Any], *, party: str | None = None) -> RunConfig:
     """Read and validate a config from a YAML path or a dict; relative paths resolve against the YAML's folder.
 
-    Raises :class:`ConfigError` whose message has one line per problem.
+    With ``party`` (a party's own host) only the files that party reads must exist: the others live on other
+    machines. Raises :class:`ConfigError` whose message has one line per problem.
     """
     if isinstance(source, dict):
         raw, base = source, Path.cwd()
@@ -432,7 +472,9 @@ def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
     config = _resolve_paths(config, base)
-    problems = _check_plugins(config) + _check_paths(config)
+    problems = _check_plugins(config) + _check_paths(config, party)
+    if not problems:
+        problems = _check_privacy(config)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
@@ -512,6 +554,32 @@ def _check_plugins(config: RunConfig) -> list[str]:
     return problems
 
 
+def _check_privacy(config: RunConfig) -> list[str]:
+    """One line per privacy mechanism that cannot work with the chosen strategy, codecs or training mode."""
+    from mpctf.aggregation import STRATEGIES
+    from mpctf.privacy.compat import incompatibilities, unsupported_in_rounds
+
+    privacy = config.privacy
+    if privacy == PrivacyConfig():
+        return []
+    strategy = config.federation.strategy.name
+    uplink = [spec.name for spec in config.communication.uplink]
+    buffers = STRATEGIES.get(strategy).buffers_updates
+    # What cannot work at all first; what the round loop does not support only once that is settled.
+    problems = list(
+        incompatibilities(strategy, buffers, uplink, privacy)
+        or unsupported_in_rounds(strategy, uplink, privacy, config.training.mode)
+    )
+    several = [p for p in config.party_names if config.party_processes(p) > 1]
+    if privacy.sample_dp is not None and several:
+        # Opacus's per-sample clipping and our DDP ranks each own the backward pass; not combined yet.
+        problems.append(
+            f"sample_dp trains in one process per party, but party {several[0]!r} has "
+            f"{config.party_processes(several[0])} processes"
+        )
+    return [f"config key `privacy`: {p}" for p in dict.fromkeys(problems)]
+
+
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
@@ -537,13 +605,18 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     )
 
 
-def _check_paths(config: RunConfig) -> list[str]:
+def _check_paths(config: RunConfig, party: str | None = None) -> list[str]:
+    # The server checks the files of the parties on this host; a party's own host checks that party's.
+    own = [p for p in config.parties if (p.name == party if party else p.host is None)]
+    shared = party is None or any(p.data is None for p in own)
     checks: list[tuple[str, Path | None]] = [
-        ("data.dataset.path", config.data.dataset.path if config.data.dataset else None),
-        ("data.eval.path", config.data.eval.path),
+        ("data.dataset.path", config.data.dataset.path if config.data.dataset and shared else None),
+        ("data.eval.path", config.data.eval.path if party is None else None),
     ]
     checks += [
-        (f"parties.{i}.data.path", p.data.path if p.data else None) for i, p in enumerate(config.parties)
+        (f"parties.{i}.data.path", p.data.path if p.data else None)
+        for i, p in enumerate(config.parties)
+        if p in own
     ]
     return [
         f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()

@@ -36,7 +36,10 @@ def unpack(payload: bytes) -> tuple[NamedTensors, dict[str, Any]]:
         raise ValueError(f"corrupt message ({len(payload)} bytes): {exc}") from None
     if header_text is None:
         raise ValueError("message has no mpctf header")
-    return tensors, json.loads(header_text)
+    header = json.loads(header_text)
+    if not isinstance(header, dict):
+        raise ValueError(f"message header is a {type(header).__name__}, not a mapping")
+    return tensors, header
 
 
 def _read_metadata(payload: bytes) -> dict[str, str]:
@@ -119,13 +122,20 @@ class Update:
         if header.get("kind") != "update":
             raise ValueError("message is not a party update")
         main, extra = _split_extra(tensors)
-        return cls(
-            party=str(header["party"]),
-            round=int(header["round"]),
-            tensors=main,
-            num_samples=int(header["num_samples"]),
-            num_tokens=int(header["num_tokens"]),
-            metrics={k: float(v) for k, v in header.get("metrics", {}).items()},
-            extra=extra,
-            header=header.get("stages", {}),
-        )
+        # A reply comes from another machine: a missing or mistyped field is a bad message, never a crash.
+        try:
+            stages = header.get("stages", {})
+            if not isinstance(stages, dict):
+                raise TypeError("`stages` is not a mapping")
+            return cls(
+                party=str(header["party"]),
+                round=int(header["round"]),
+                tensors=main,
+                num_samples=int(header["num_samples"]),
+                num_tokens=int(header["num_tokens"]),
+                metrics={str(k): float(v) for k, v in header.get("metrics", {}).items()},
+                extra=extra,
+                header=stages,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"malformed update header: {type(exc).__name__}: {exc}") from None

@@ -14,7 +14,7 @@ def test_everything_is_off_by_default():
 
 def test_client_dp_defaults_live_in_the_schema():
     dp = ClientDpConfig(noise_multiplier=1.0, clip_norm=0.5)
-    assert (dp.mode, dp.delta, dp.accountant, dp.epsilon_budget) == ("central", 1e-5, "rdp", None)
+    assert (dp.mode, dp.delta, dp.accountant, dp.epsilon_max) == ("central", 1e-5, "rdp", None)
 
 
 @pytest.mark.parametrize(

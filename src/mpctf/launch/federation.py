@@ -104,6 +104,8 @@ def serve_party(
         raise ConfigError(
             f"--name: party {party!r} is not in the config; parties: {', '.join(config.party_names)}"
         )
+    # Absolute: the party's processes run in their own folders and must find its files from there.
+    work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = work_dir / "config.yaml"
     config_path.write_text(dump_config(config))
@@ -113,15 +115,32 @@ def serve_party(
         spec,
         superlink=superlink,
         handler_factory=HANDLER_FACTORY,
-        root_cert=root_cert,
-        auth_key=auth_key,
+        root_cert=root_cert.resolve() if root_cert is not None else None,
+        auth_key=auth_key.resolve() if auth_key is not None else None,
     )
 
 
 def run_flower(
     config: RunConfig, run_dir: Path, *, resume: bool, listeners: list[Callable[[Record], None]]
 ) -> RunResult:
-    """Start SuperLink, party workers and SuperNodes here, run every round, tear all down."""
+    """Start SuperLink, party workers and SuperNodes here, run every round, tear all down.
+
+    Parties that name a ``host`` are started there over SSH (:mod:`mpctf.launch.remote`).
+    """
+    if any(p.host is not None for p in config.parties):
+        from mpctf.launch.remote import run_with_hosts
+
+        config_path = _prepare(config, run_dir, resume)
+        settings = _settings(config_path, run_dir, resume)
+        return run_with_hosts(
+            config,
+            run_dir,
+            config_path,
+            settings,
+            driver=DRIVER,
+            handler_factory=HANDLER_FACTORY,
+            listeners=listeners,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if not resume:

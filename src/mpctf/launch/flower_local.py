@@ -27,6 +27,7 @@ from mpctf.launch.flower_services import (
     child_env,
     flwr,
     online_parties,
+    revive_workers,
     start_party,
     start_superlink,
     start_supernode,
@@ -115,7 +116,7 @@ def launch_flower_local(
             settings,
             min_parties=len(parties),
             party_wait_s=startup_timeout_s,
-            on_tick=on_tick,
+            on_tick=reviving(group, on_tick),
         )
 
 
@@ -203,6 +204,7 @@ def _serve_until_gone(
     supernode = f"supernode-{party}"
     started = time.monotonic()
     last_seen: float | None = None
+    restarts: dict[str, int] = {}
     while last_seen is None or time.monotonic() - last_seen < reconnect_s:
         starting = time.monotonic() - started < startup_timeout_s
         # A SuperNode that reaches the SuperLink before the server has registered its key is refused and exits:
@@ -211,6 +213,7 @@ def _serve_until_gone(
         if starting and ended and commands.supernode_refused(read_end(group.log_dir / f"{supernode}.log")):
             time.sleep(RETRY_S)
             group.restart(supernode)
+        revive_workers(group, restarts)
         group.check()
         if reachable():
             last_seen = time.monotonic()
@@ -219,6 +222,18 @@ def _serve_until_gone(
         if on_tick is not None:
             on_tick()
         time.sleep(TICK_S)
+
+
+def reviving(group: ProcessGroup, on_tick: Tick | None) -> Tick:
+    """``on_tick`` that first restarts the party workers that died (the party rejoins once it is loaded)."""
+    restarts: dict[str, int] = {}
+
+    def tick() -> None:
+        revive_workers(group, restarts)
+        if on_tick is not None:
+            on_tick()
+
+    return tick
 
 
 def run_federation(

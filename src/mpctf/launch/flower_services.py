@@ -15,6 +15,7 @@ Run directory layout::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -29,10 +30,12 @@ from pathlib import Path
 
 import mpctf
 from mpctf.errors import FederationError, LaunchError
-from mpctf.launch.processes import ProcessGroup, tail
+from mpctf.launch.processes import ProcessGroup, describe_exit, tail
 from mpctf.runtime import party_link
 from mpctf.runtime.flower import commands, protocol
 from mpctf.runtime.flower.commands import ServerTls
+
+log = logging.getLogger("mpctf.launch")
 
 #: The ``flwr`` CLI starts in about a second; a command that takes this long is stuck.
 CLI_TIMEOUT_S = 120.0
@@ -189,12 +192,34 @@ def start_worker(run_dir: Path, group: ProcessGroup, party: PartySpec, handler_f
     authkey_file, ready_file = folder / "authkey", folder / "worker.json"
     party_link.write_authkey(authkey_file, secrets.token_bytes(32))
     ready_file.unlink(missing_ok=True)
+    # A fixed port, so that a worker started again after a crash (:func:`revive_workers`) serves where its
+    # SuperNode already forwards.
     argv = party_link.command(
-        handler_factory, party.handler_kwargs, authkey_file=authkey_file, ready_file=ready_file
+        handler_factory,
+        party.handler_kwargs,
+        authkey_file=authkey_file,
+        ready_file=ready_file,
+        port=free_port(),
     )
     env = child_env(folder / "flower", {"PYTHONUNBUFFERED": "1", **party.env})
     group.start(f"worker-{party.name}", argv, env=env, cwd=folder)
     return ready_file
+
+
+def revive_workers(group: ProcessGroup, restarts: dict[str, int], max_restarts: int = 5) -> None:
+    """Start again every party worker of ``group`` that has died, up to ``max_restarts`` times each.
+
+    The new worker loads the model and serves on the old port; until it is ready its party's replies are
+    errors, and the round loop goes on with the other parties.
+    """
+    for name, code in group.exited().items():
+        if name.startswith("worker-") and restarts.get(name, 0) < max_restarts:
+            restarts[name] = restarts.get(name, 0) + 1
+            child = next(c for c in group.children() if c.name == name)
+            log.warning(
+                "%s; restarting it (%d of %d)", describe_exit(child, code), restarts[name], max_restarts
+            )
+            group.restart(name)
 
 
 def wait_worker(group: ProcessGroup, party: str, ready_file: Path, timeout_s: float) -> str:

@@ -20,9 +20,12 @@ from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
+from mpctf.party.attack import poison_update
 from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
-from mpctf.party.trainer import TrainSettings, train_round
+from mpctf.party.privacy import PartyPrivacy
+from mpctf.party.trainer import TrainSettings, TrainStats, train_round
+from mpctf.privacy.rounds import OPS as PRIVACY_OPS
 from mpctf.runtime.base import PartyHandler
 
 
@@ -47,6 +50,9 @@ class PartyWorker:
         #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
         self.party_state: dict[str, Any] = {}
         self._reported_load = False
+        #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
+        self.privacy = PartyPrivacy(config.privacy, party)
+        self.dpsgd_ledger: Any = None  # DP-SGD's accountant history, carried across rounds
         world = config.party_processes(party)
         #: The party's other training processes, when it has several (this process is rank 0).
         self.ranks = PartyRanks(config, party, world, self.bundle.device) if world > 1 else None
@@ -61,6 +67,8 @@ class PartyWorker:
         task = RoundTask.from_bytes(payload)
         if task.instructions.get("op") == "describe":
             return self.describe()
+        if task.instructions.get("op") in PRIVACY_OPS:
+            return self.privacy.handle(task)
         return self.train(task).to_bytes()
 
     def describe(self) -> bytes:
@@ -94,19 +102,32 @@ class PartyWorker:
             seed=self.config.seed * 100_003 + task.round,
         )
         if self.ranks is None:
-            stats = train_round(bundle, self.task, chunk, settings, hooks)
-        else:
+            stats, private_metrics = self._train(chunk, settings, hooks)
+        else:  # DP-SGD with several processes is refused at validation
             params = bundle.mode.trainable_parameters(bundle.model)
             with self.ranks.round(params, {"chosen": chosen, "settings": settings, "hooks": hooks}) as shard:
                 stats = train_round(bundle, self.task, chunk, settings, hooks, shard=shard)
+            private_metrics = {}
         local = bundle.mode.get_state(bundle.model)
         delta = {k: local[k].float() - received[k].float() for k in received}
-        encoded, uplink_header = self.uplink.encode(delta, self.uplink_state)
+        attack = self.config.party(self.party).attack
+        if attack is not None:  # simulation only: see mpctf.party.attack
+            delta = poison_update(delta, kind=attack.kind, factor=attack.factor)
+        stage_header: dict[str, Any] = {}
+        if self.privacy.active:
+            delta, privacy_header, privacy_metrics = self.privacy.protect(
+                task, delta, num_samples=stats.samples, num_tokens=stats.tokens
+            )
+            private_metrics |= privacy_metrics
+            stage_header["privacy"] = privacy_header
+        if not self.privacy.hides_updates:  # a masked or encrypted vector is sent as it is
+            delta, stage_header["uplink"] = self.uplink.encode(delta, self.uplink_state)
         metrics = {
             "loss": stats.loss,
             "train_seconds": stats.seconds,
             "steps": float(stats.steps),
             "chunk_samples": float(len(chunk)),
+            **private_metrics,
         }
         if not self._reported_load:
             metrics["model_load_seconds"] = bundle.load_seconds
@@ -115,15 +136,34 @@ class PartyWorker:
         return Update(
             party=self.party,
             round=task.round,
-            tensors=encoded,
+            tensors=delta,
             num_samples=stats.samples,
             num_tokens=stats.tokens,
             metrics=metrics,
             extra=extra,
-            header={"uplink": uplink_header},
+            header=stage_header,
         )
+
+    def _train(
+        self, chunk: list[Any], settings: TrainSettings, hooks: Any
+    ) -> tuple[TrainStats, dict[str, float]]:
+        """The local round: plain, or with sample-level DP-SGD (then the party's ε goes into the metrics)."""
+        sample_dp = self.config.privacy.sample_dp
+        if sample_dp is None:
+            return train_round(self.bundle, self.task, chunk, settings, hooks), {}
+        from mpctf.party.private_trainer import DpSgdLedger, train_round_private
+
+        if self.dpsgd_ledger is None:
+            self.dpsgd_ledger = DpSgdLedger()
+        stats, epsilon = train_round_private(
+            self.bundle, self.task, chunk, settings, hooks, sample_dp, self.dpsgd_ledger
+        )
+        return stats, {"dp_sgd_epsilon": epsilon, "dp_sgd_steps": float(self.dpsgd_ledger.steps)}
 
 
 def make_handler(config: str, party: str, threads: str | None = None) -> PartyHandler:
     """Factory for a party process: load everything once, return the request handler."""
-    return PartyWorker(load_config(config), party, threads=int(threads) if threads else None).handle
+    # Only this party's files need to exist here: the others' live on their own hosts.
+    return PartyWorker(
+        load_config(config, party=party), party, threads=int(threads) if threads else None
+    ).handle

@@ -19,10 +19,12 @@ The paper suggests ``σ_b = m / 20`` and ``η = 0.2``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # torch is imported where noise is drawn: the config schema imports this module
+    import torch
 
 _TAG = "adaptive_clipping"
 
@@ -77,6 +79,8 @@ class AdaptiveClipper:
         """Fold one round's (summed, un-noised) indicator count in; returns the new clip norm."""
         if num_parties < 1:
             raise ValueError(f"`num_parties` must be >= 1, got {num_parties}")
+        import torch
+
         noise = (
             float(torch.randn((), generator=generator, device=generator.device)) * self.params.count_noise_std
         )

@@ -89,3 +89,43 @@ def _dp_problems(config: PrivacyConfig, strategy: str, buffers: bool, hidden: st
             "homomorphic encryption hides; use a fixed clip_norm."
         )
     return problems
+
+
+#: Strategies whose server step is a function of the weighted mean of the updates only, so the round loop can
+#: hand them one mean computed from a secure sum, a decrypted CKKS aggregate, or a DP-noised sum.
+MEAN_DELTA_STRATEGIES = frozenset(
+    {"fedavg", "fedprox", "fedavgm", "fedit", "ffa_lora", "fedadam", "fedyogi", "fedadagrad"}
+)
+#: Training modes whose trainable layers Opacus computes per-example gradients for in its ``hooks`` mode.
+SAMPLE_DP_MODES = frozenset({"lora"})
+
+
+def unsupported_in_rounds(
+    strategy_name: str, codec_names: list[str], privacy: dict[str, Any] | PrivacyConfig, training_mode: str
+) -> list[str]:
+    """What the round loop does not support with these mechanisms (as opposed to what cannot work at all).
+
+    The loop gives the strategy one aggregated update per round when updates are hidden or client DP is on, so
+    the strategy must depend on the mean update only; it sends the masked or encrypted vector in place of the
+    codec-encoded update.
+    """
+    config = privacy if isinstance(privacy, PrivacyConfig) else PrivacyConfig.model_validate(privacy)
+    hidden = _hiding_mechanism(config)
+    problems: list[str] = []
+    if (hidden or config.client_dp is not None) and strategy_name not in MEAN_DELTA_STRATEGIES:
+        what = hidden or "client-level DP"
+        problems.append(
+            f"with {what} the server aggregates one mean update per round, which strategy {strategy_name!r} "
+            f"cannot use; choose one of {sorted(MEAN_DELTA_STRATEGIES)}."
+        )
+    if hidden and codec_names:
+        problems.append(
+            f"with {hidden} a party sends its update as a masked or encrypted vector instead of through "
+            f"communication.uplink ({', '.join(codec_names)}); remove the uplink codecs."
+        )
+    if config.sample_dp is not None and training_mode not in SAMPLE_DP_MODES:
+        problems.append(
+            f"sample-level DP-SGD is wired for training.mode {sorted(SAMPLE_DP_MODES)} (Opacus per-example "
+            f"gradients of LoRA layers), not {training_mode!r}."
+        )
+    return problems

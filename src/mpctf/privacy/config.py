@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mpctf.privacy.adaptive_clip import AdaptiveClipParams
-from mpctf.privacy.he import CkksParams
+from mpctf.privacy.ckks_params import CkksParams
 from mpctf.privacy.secagg.params import SecAggParams
 
 
@@ -29,7 +29,7 @@ class ClientDpConfig(_Section):
     mode: Literal["central", "distributed"] = "central"
     delta: float = Field(1e-5, gt=0, lt=1)
     #: Stop training before the round that would take ε above this; ``None``: report ε, never stop.
-    epsilon_budget: float | None = Field(None, gt=0)
+    epsilon_max: float | None = Field(None, gt=0)
     accountant: Literal["rdp", "pld"] = "rdp"
     adaptive_clipping: AdaptiveClipParams | None = None
 

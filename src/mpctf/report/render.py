@@ -42,6 +42,66 @@ def _parties_table(parties: list[Record]) -> list[str]:
     return lines
 
 
+def _privacy_section(records: list[Record], rounds: list[Record], parties: list[Record]) -> list[str]:
+    """Mechanism, ε per round at δ, why training stopped, and the cost of secure aggregation or CKKS."""
+    setup = next((r for r in records if r["event"] == "privacy"), None)
+    dpsgd = [p for p in parties if "dp_sgd_epsilon" in p]
+    if setup is None and not dpsgd:
+        return []
+    lines = ["## Privacy", ""]
+    if setup is not None:
+        lines.append(
+            f"Mechanism: {setup['mechanism']}; parties sampled per round at rate q = {setup['sampling_rate']:g}."
+        )
+        if "delta" in setup:
+            budget = setup.get("epsilon_max")
+            lines.append(
+                f"Client-level DP: noise multiplier {setup['noise_multiplier']:g}, δ = {setup['delta']:g}"
+                + (
+                    f", budget ε ≤ {budget:g} ({setup['max_rounds_within_budget']} rounds)."
+                    if budget
+                    else "."
+                )
+            )
+        if "he_setup_seconds" in setup:
+            lines.append(
+                f"CKKS key setup (party {setup['he_key_holder']} sealed the secret context to the others): "
+                f"{setup['he_setup_seconds']:.1f} s, {_mb(setup['he_setup_bytes'])} MB, public context "
+                f"{_mb(setup['he_public_context_bytes'])} MB."
+            )
+        lines += [
+            "",
+            "| round | ε (client DP) | clip norm | exchange s | server s | exchange up (kB) | exchange down (kB) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rounds:
+            if "privacy_exchange_seconds" not in r:
+                continue
+            eps = f"{r['dp_epsilon']:.3f}" if "dp_epsilon" in r else "—"
+            clip = f"{r['dp_clip_norm']:.4g}" if "dp_clip_norm" in r else "—"
+            lines.append(
+                f"| {r['round']} | {eps} | {clip} | {r['privacy_exchange_seconds']:.2f} | "
+                f"{r['privacy_server_seconds']:.2f} | {r['privacy_exchange_bytes_up'] / 1e3:.1f} | "
+                f"{r['privacy_exchange_bytes_down'] / 1e3:.1f} |"
+            )
+        lines.append("")
+    hidden = [p for p in parties if "privacy_seconds" in p]
+    if hidden:
+        mean = sum(p["privacy_seconds"] for p in hidden) / len(hidden)
+        lines += [f"Masking or encryption at a party: {mean:.2f} s per update on average.", ""]
+    if dpsgd:
+        lines += [
+            "Sample-level DP-SGD, ε per party after each round: "
+            + ", ".join(f"{p['party']} r{p['round']} {p['dp_sgd_epsilon']:.3f}" for p in dpsgd)
+            + ".",
+            "",
+        ]
+    stop = next((r for r in records if r["event"] == "privacy_stop"), None)
+    if stop is not None:
+        lines += [f"Training stopped before round {stop['round']}: {stop['reason']}.", ""]
+    return lines
+
+
 def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
     import matplotlib
 
@@ -111,6 +171,7 @@ def render_report(run_dir: Path) -> Path:
         ]
         lines.append("")
     lines += ["## Rounds", "", *_rounds_table(rounds), "", "## Parties", "", *_parties_table(parties), ""]
+    lines += _privacy_section(records, rounds, parties)
     loads = [p for p in parties if "model_load_seconds" in p]
     if loads:
         lines += [

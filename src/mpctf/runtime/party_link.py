@@ -82,12 +82,16 @@ def serve(
     authkey: bytes,
     *,
     ready_file: Path | None = None,
+    exit_with_parent: bool = False,
 ) -> None:
     """Build the handler once, then answer requests on ``host:port`` until killed.
 
     ``port`` 0 picks a free port; the address actually bound is logged and written, with the worker's pid, to
-    ``ready_file`` (JSON, replaced atomically) once the worker accepts requests.
+    ``ready_file`` (JSON, replaced atomically) once the worker accepts requests. With ``exit_with_parent`` the
+    worker exits once the process that started it is gone (a launcher killed with SIGKILL cannot stop it).
     """
+    if exit_with_parent:
+        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     handler = load_factory(factory)(**factory_kwargs)
     requests: queue.Queue[tuple[Connection, bytes]] = queue.Queue()
     # The listener itself does no authentication: each connection's thread does, so a client that connects and
@@ -101,6 +105,14 @@ def serve(
         log.info("party worker ready on %s (pid %d)", address, os.getpid())
         while True:
             _answer(handler, *requests.get())
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An orphan is re-parented (to init or a subreaper), so a changed parent id means the launcher is gone.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.warning("the launcher (pid %d) is gone; exiting", parent)
+    os._exit(1)
 
 
 def _accept_forever(
@@ -149,20 +161,30 @@ def _answer(handler: PartyHandler, conn: Connection, payload: bytes) -> None:
     )
 
 
-def call(address: str, authkey: bytes, payload: bytes, timeout_s: float) -> bytes:
+def call(
+    address: str, authkey: bytes, payload: bytes, timeout_s: float, *, max_reply_bytes: int | None = None
+) -> bytes:
     """Send ``payload`` to the worker at ``host:port`` and return its reply.
 
     Raises :class:`RemoteError` when the handler failed, ``TimeoutError`` when no reply came within
     ``timeout_s``, ``ConnectionError``/``EOFError`` when the worker is unreachable or died mid-request,
-    ``AuthenticationError`` when the keys differ.
+    ``AuthenticationError`` when the keys differ, ``ValueError`` when the reply is longer than
+    ``max_reply_bytes`` (it is refused before it is read, so an oversized reply cannot exhaust memory).
     """
     host, _, port = address.rpartition(":")
     with Client((host, int(port)), authkey=authkey) as conn:
         conn.send_bytes(payload)
         if not conn.poll(timeout_s):
             raise TimeoutError(f"party worker at {address} gave no reply within {timeout_s:g} s")
-        status = conn.recv_bytes()
-        body = conn.recv_bytes()
+        status = conn.recv_bytes(64)
+        try:
+            body = conn.recv_bytes(max_reply_bytes)
+        except OSError as exc:
+            if max_reply_bytes is not None and "bad message length" in str(exc):
+                raise ValueError(
+                    f"reply from the party worker at {address} is larger than {max_reply_bytes} bytes"
+                ) from None
+            raise
     if status != _OK:
         raise RemoteError(body.decode(errors="replace"))
     return body
@@ -200,10 +222,13 @@ def command(
     ready_file: Path,
     host: str = "127.0.0.1",
     port: int = 0,
+    exit_with_parent: bool = True,
 ) -> list[str]:
     """The command line that starts a worker with this interpreter (see :func:`main`)."""
     argv = [sys.executable, "-m", "mpctf.runtime.party_link", "--factory", factory, "--host", host]
     argv += ["--port", str(port), "--authkey-file", str(authkey_file), "--ready-file", str(ready_file)]
+    if exit_with_parent:
+        argv.append("--exit-with-parent")
     for key, value in factory_kwargs.items():
         argv += ["--arg", f"{key}={value}"]
     return argv
@@ -223,6 +248,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see --ready-file)")
     parser.add_argument("--authkey-file", type=Path, help=f"key file (mode 600); else ${AUTHKEY_ENV} (hex)")
     parser.add_argument("--ready-file", type=Path, help="written with the bound address once ready")
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit once the process that started this one is gone"
+    )
     return parser.parse_args(argv)
 
 
@@ -255,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.port,
         _authkey_from(args),
         ready_file=args.ready_file,
+        exit_with_parent=args.exit_with_parent,
     )
 
 

@@ -22,6 +22,8 @@ class Checkpoint:
     round: int
     global_state: NamedTensors
     strategy_state: dict[str, Any]
+    #: The privacy ledger and adaptive clip norm (``None`` when client DP and hidden aggregation are off).
+    privacy_state: dict[str, Any] | None = None
 
 
 def round_dir(run_dir: Path, round_num: int) -> Path:
@@ -34,7 +36,15 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, bundle: ModelBundle) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     bundle.mode.save(bundle.model, ckpt.global_state, folder / "adapter")
     tmp = folder / "server_state.pt.tmp"
-    torch.save({"round": ckpt.round, "global_state": ckpt.global_state, "strategy": ckpt.strategy_state}, tmp)
+    torch.save(
+        {
+            "round": ckpt.round,
+            "global_state": ckpt.global_state,
+            "strategy": ckpt.strategy_state,
+            "privacy": ckpt.privacy_state,
+        },
+        tmp,
+    )
     os.replace(tmp, folder / "server_state.pt")
     pointer = run_dir / "checkpoints" / "latest.json"
     pointer_tmp = pointer.with_suffix(".json.tmp")
@@ -51,5 +61,8 @@ def load_latest(run_dir: Path) -> Checkpoint | None:
     folder = run_dir / "checkpoints" / json.loads(pointer.read_text())["path"]
     data = torch.load(folder / "server_state.pt", weights_only=False)
     return Checkpoint(
-        round=int(data["round"]), global_state=data["global_state"], strategy_state=data["strategy"]
+        round=int(data["round"]),
+        global_state=data["global_state"],
+        strategy_state=data["strategy"],
+        privacy_state=data.get("privacy"),
     )

@@ -11,6 +11,7 @@ records what happened.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ from mpctf.report.metrics import MetricsLog, Record
 from mpctf.runtime.base import Backend, PartyReply
 from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
 from mpctf.server.evaluate import Evaluator
+from mpctf.server.privacy import ServerPrivacy
+
+log = logging.getLogger("mpctf.server")
 
 
 @dataclass
@@ -92,6 +96,8 @@ class RoundLoop:
         #: Downlink codec state per party (e.g. a top-k residual on what that party was sent).
         self.downlink_state: dict[str, dict[int, dict[str, Any]]] = {}
         self.cumulative = {"bytes_down": 0, "bytes_up": 0, "bytes_up_fp32": 0}
+        #: Client DP, secure aggregation, CKKS (None when the config enables none of them).
+        self.privacy = ServerPrivacy.create(config, self.strategy)
 
     def _trainings(self) -> dict[str, TrainingConfig]:
         return {p: self.config.party_training(p) for p in self.config.party_names}
@@ -121,9 +127,9 @@ class RoundLoop:
     # --- one round -------------------------------------------------------------------------------
     def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
         fed = self.config.federation
-        selected = select_parties(
-            self.backend.party_names(), fed.parties_per_round, self.config.seed, round_num
-        )
+        # A party is only sent work once it is planned (one that was down at planning time is not).
+        reachable = [p for p in self.backend.party_names() if p in plans]
+        selected = select_parties(reachable, fed.parties_per_round, self.config.seed, round_num)
         if len(selected) < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
@@ -132,10 +138,16 @@ class RoundLoop:
         sent = {p: self.strategy.state_for_party(p, state) for p in selected}
         instructions = {"op": "train", "strategy": self.strategy.party_instructions()}
         payload = self.strategy.round_payload()
+        private = {}
+        if self.privacy is not None:  # secure aggregation's key exchanges may leave parties out of the round
+            private = self.privacy.begin_round(round_num, selected, plans, self.backend)
+            selected = [p for p in selected if p in private]
         tasks = {}
         for p in selected:
             encoded, header = self.downlink.encode(sent[p], self.downlink_state.setdefault(p, {}))
             party_instructions = {**instructions, "plan": dataclasses.asdict(plans[p]), "downlink": header}
+            if p in private:
+                party_instructions["privacy"] = private[p]
             tasks[p] = RoundTask(round_num, encoded, party_instructions, payload).to_bytes()
         accepted = 0
         for reply in self.backend.train_round(tasks, fed.round_timeout_s):
@@ -147,6 +159,11 @@ class RoundLoop:
                 f"round {round_num}: {accepted} of {len(selected)} updates accepted, federation.min_parties="
                 f"{fed.min_parties}; the run can resume from round {round_num - 1}"
             )
+        if self.privacy is not None:
+            # the secure sum's extra exchanges are traffic of this round too
+            self.privacy.finish_round(round_num, self.backend)
+            self.cumulative["bytes_up"] += self.privacy.last_metrics["privacy_exchange_bytes_up"]
+            self.cumulative["bytes_down"] += self.privacy.last_metrics["privacy_exchange_bytes_down"]
         return self.strategy.finalize()
 
     def _receive(
@@ -163,12 +180,17 @@ class RoundLoop:
             update = Update.from_bytes(reply.payload)
             if update.party != reply.party or update.round != round_num:
                 raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
-            update.tensors = self.uplink.decode(update.tensors, update.header.get("uplink", {}))
-            norm = validate_update(update, reference, max_norm=self.config.federation.max_update_norm)
-            self.strategy.accumulate(update)
+            if self.privacy is not None and self.privacy.hides_updates:
+                norm, fp32 = None, self.privacy.receive_hidden(update, reference)
+            else:
+                update.tensors = self.uplink.decode(update.tensors, update.header.get("uplink", {}))
+                norm = validate_update(update, reference, max_norm=self.config.federation.max_update_norm)
+                sink = self.privacy.receive_plain if self.privacy is not None else self.strategy.accumulate
+                sink(update)
+                fp32 = fp32_bytes(update.tensors)
         except (ValueError, UpdateRejected) as exc:
+            log.warning("round %d: update of party %r rejected: %s", round_num, reply.party, exc)
             return {**record, "status": "rejected", "reason": str(exc)}
-        fp32 = fp32_bytes(update.tensors)
         self.cumulative["bytes_up_fp32"] += fp32
         return {
             **record,
@@ -193,6 +215,8 @@ class RoundLoop:
             parties=self.backend.party_names(),
         )
         plans = self.plan()
+        if self.privacy is not None:
+            self.log.write("privacy", **self.privacy.setup(self.backend))
         if ckpt is None:
             state = self.bundle.mode.get_state(self.bundle.model)
             result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
@@ -200,14 +224,23 @@ class RoundLoop:
         else:
             state = ckpt.global_state
             self.strategy.load_state_dict(ckpt.strategy_state)
+            if self.privacy is not None:
+                self.privacy.load_state_dict(ckpt.privacy_state)
             start = ckpt.round + 1
+        stopped = None
         for round_num in range(start, self.config.federation.rounds + 1):
+            if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num)):
+                self.log.write("privacy_stop", round=round_num, reason=stopped)
+                break
             began = time.perf_counter()
             state = self.run_round(round_num, state, plans)
             train_done = time.perf_counter()
             scores = self.evaluate(state)
+            privacy_state = self.privacy.state_dict() if self.privacy is not None else None
             save_checkpoint(
-                self.run_dir, Checkpoint(round_num, state, self.strategy.state_dict()), self.bundle
+                self.run_dir,
+                Checkpoint(round_num, state, self.strategy.state_dict(), privacy_state),
+                self.bundle,
             )
             result.rounds.append(
                 self.log.write(
@@ -219,8 +252,14 @@ class RoundLoop:
                     cumulative_bytes_down=self.cumulative["bytes_down"],
                     cumulative_bytes_up=self.cumulative["bytes_up"],
                     cumulative_bytes_up_fp32=self.cumulative["bytes_up_fp32"],
+                    **(self.privacy.last_metrics if self.privacy is not None else {}),
                 )
             )
-        self.log.write("run_end", rounds=self.config.federation.rounds, final_accuracy=result.final_accuracy)
+        self.log.write(
+            "run_end",
+            rounds=self.config.federation.rounds,
+            final_accuracy=result.final_accuracy,
+            **({"stop_reason": stopped} if stopped else {}),
+        )
         self.backend.close()
         return result

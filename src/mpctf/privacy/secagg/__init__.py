@@ -4,9 +4,25 @@ Pure state machines: :class:`SecAggParty` and :class:`SecAggServer` exchange dic
 :func:`~mpctf.privacy.secagg.wire.dumps` turns into bytes; :func:`secure_sum` runs a whole round in memory.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from mpctf.privacy.secagg.params import SecAggParams
-from mpctf.privacy.secagg.party import SecAggParty
-from mpctf.privacy.secagg.server import SecAggServer
-from mpctf.privacy.secagg.simulate import SecAggRun, secure_sum
 
 __all__ = ["SecAggParams", "SecAggParty", "SecAggRun", "SecAggServer", "secure_sum"]
+
+# The protocol pulls in torch and the crypto libraries; the config schema needs only SecAggParams.
+_LAZY = {
+    "SecAggParty": "mpctf.privacy.secagg.party",
+    "SecAggServer": "mpctf.privacy.secagg.server",
+    "SecAggRun": "mpctf.privacy.secagg.simulate",
+    "secure_sum": "mpctf.privacy.secagg.simulate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,292 @@
+"""Shared pieces of the result benchmarks (collaboration, strategies, communication).
+
+Every measured run goes through the public API, ``mpctf.run(config_dict, run_dir=...)``, on the ``local``
+backend; nothing here trains a model itself. Each run happens in a fresh child process so that its peak memory
+(``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on a GPU) belongs to that run alone. On the ``local``
+backend all parties live in that one process and share one loaded model, training one after another, so the
+process peak is the peak of the largest party's step plus the server's copy of the trainable state: an upper
+bound for what each party needs.
+
+Two budgets exist: ``--quick`` (the random 2-layer ``tiny-llama`` on a few hundred rows: seconds per run, checks
+the pipeline, numbers mean nothing) and the real one (SmolLM2-135M-Instruct + LoRA on Rotten Tomatoes split by
+movie, evaluated on reviews of held-out movies).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROMPT = "Movie review: {text}\nIs this review positive or negative? Answer:"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knobs every benchmark shares; the same budget is used for every method being compared."""
+
+    # The CPU default is sized for a 2-core machine: one SmolLM2 step of 8 reviews takes ~4 s there and scoring
+    # 100 held-out reviews ~40 s, so a 4-party run of 3 rounds takes ~5 minutes.
+    model: str = "smollm2-135m-instruct"
+    rounds: int = 3
+    local_steps: int = 3
+    batch_size: int = 8
+    lr: float = 2e-3
+    max_length: int = 64
+    eval_samples: int = 100
+    max_samples: int | None = None  # rows of the dataset used (None: all)
+    lora_r: int = 8
+
+    @classmethod
+    def quick(cls) -> Budget:
+        return cls(
+            model="tiny-llama",
+            rounds=2,
+            local_steps=2,
+            batch_size=4,
+            lr=5e-3,
+            max_length=64,
+            eval_samples=40,
+            max_samples=400,
+            lora_r=4,
+        )
+
+    @classmethod
+    def gpu(cls) -> Budget:
+        """Bigger budgets for a machine with CUDA: more rounds and steps, the full held-out set (capped)."""
+        return cls(rounds=10, local_steps=10, batch_size=16, max_length=128, eval_samples=1000)
+
+
+def split_spec(split: str) -> dict[str, Any]:
+    """``movie``: whole movies per party (natural non-IID); ``label_skew``: pathological label skew, where
+    each label's rows go to the parties by Dirichlet(0.05) proportions, so most parties hold almost one label."""
+    if split == "movie":
+        return {"name": "by_key", "key": "movie_name"}
+    if split == "label_skew":
+        return {"name": "dirichlet", "alpha": 0.05, "min_party_size": 16}
+    if split == "iid":
+        return {"name": "iid"}
+    raise SystemExit(f"unknown split {split!r}; use movie, label_skew or iid")
+
+
+def party_names(n: int) -> list[str]:
+    return [f"party{i}" for i in range(n)]
+
+
+def base_config(
+    budget: Budget,
+    *,
+    name: str,
+    seed: int,
+    num_parties: int,
+    split: str,
+    out: Path,
+    strategy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A federation of ``num_parties`` parties, each doing ``local_steps`` optimizer steps per round."""
+    dataset: dict[str, Any] = {"builtin": "rotten_tomatoes"}
+    if budget.max_samples is not None:
+        dataset["max_samples"] = budget.max_samples
+    return {
+        "name": name,
+        "seed": seed,
+        "output_dir": str(out),
+        "model": {"name": budget.model},
+        "training": {
+            "batch_size": budget.batch_size,
+            "lr": budget.lr,
+            "max_length": budget.max_length,
+            "local_steps": budget.local_steps,
+            "lora": {"r": budget.lora_r, "alpha": 2 * budget.lora_r, "target_modules": ["q_proj", "v_proj"]},
+        },
+        "task": {
+            "prompt": PROMPT,
+            "text_field": "text",
+            "label_field": "category",
+            "labels": {"fresh": " positive", "rotten": " negative"},
+        },
+        "data": {
+            "dataset": dataset,
+            "split": split_spec(split),
+            # One round's chunk is exactly the local-step budget, so no party sees more than its steps allow.
+            "partition": {"name": "fixed_size", "size": budget.batch_size * budget.local_steps},
+            "eval": {
+                "test_fraction": 0.1,
+                "group_by": "movie_name",
+                "max_samples": budget.eval_samples,
+                "batch_size": 32,
+            },
+        },
+        "parties": [{"name": p} for p in party_names(num_parties)],
+        "federation": {
+            "rounds": budget.rounds,
+            "min_parties": 1,
+            "strategy": strategy or {"name": "fedavg"},
+        },
+        "backend": {"name": "local"},
+    }
+
+
+# --- one run in a child process ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """What a benchmark table needs from one ``mpctf.run``."""
+
+    accuracy_per_round: list[float]
+    seconds: float
+    bytes_up: int
+    bytes_down: int
+    bytes_up_fp32: int
+    peak_mem_bytes: int
+    party_rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy_per_round[-1]
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.bytes_up + self.bytes_down
+
+
+def _child(config: dict[str, Any], run_dir: str, queue: Any) -> None:
+    try:
+        import torch
+
+        import mpctf
+        from mpctf.report.metrics import read_metrics
+
+        began = time.perf_counter()
+        result = mpctf.run(config, run_dir=run_dir)
+        seconds = time.perf_counter() - began
+        if torch.cuda.is_available():
+            peak = int(torch.cuda.max_memory_allocated())
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        last = result.rounds[-1]
+        records = read_metrics(Path(run_dir) / "metrics.jsonl")
+        queue.put(
+            {
+                "accuracy_per_round": [float(r["accuracy"]) for r in result.rounds],
+                "seconds": seconds,
+                "bytes_up": int(last.get("cumulative_bytes_up", 0)),
+                "bytes_down": int(last.get("cumulative_bytes_down", 0)),
+                "bytes_up_fp32": int(last.get("cumulative_bytes_up_fp32", 0)),
+                "peak_mem_bytes": peak,
+                "party_rounds": [r for r in records if r["event"] == "party_round"],
+            }
+        )
+    except BaseException as exc:  # reported to the parent, which stops the benchmark with the message
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_isolated(config: dict[str, Any], run_dir: Path) -> RunOutcome:
+    """``mpctf.run(config, run_dir=run_dir)`` in a fresh child process; its peak memory is this run's alone."""
+    # fork is cheap on CPU (torch already imported in the parent is shared); CUDA cannot survive a fork.
+    method = "spawn" if _cuda() else "fork"
+    ctx = mp.get_context(method)
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(copy.deepcopy(config), str(run_dir), queue))
+    proc.start()
+    reply = queue.get()
+    proc.join()
+    if "error" in reply:
+        raise SystemExit(f"run {config['name']} failed: {reply['error']}")
+    return RunOutcome(**reply)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- tables ---------------------------------------------------------------------------------------------------
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_ms(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean, sd = mean_spread([v * scale for v in values])
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(path: Path, title: str, curves: dict[str, list[list[float]]]) -> None:
+    """Accuracy per round, one line per method (mean over seeds, shaded ± one standard deviation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, per_seed in curves.items():
+        length = min(len(c) for c in per_seed)
+        means, sds = zip(*(mean_spread([c[i] for c in per_seed]) for i in range(length)), strict=True)
+        xs = list(range(length))
+        ax.plot(xs, means, marker="o", label=label)
+        if len(per_seed) > 1:
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(means, sds, strict=True)],
+                [m + s for m, s in zip(means, sds, strict=True)],
+                alpha=0.15,
+            )
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores, no GPU, {platform.machine()}, torch {torch.__version__}"
+
+
+def command_line() -> str:
+    """The command that produced a result, as it is written in the docs."""
+    return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def save_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1))

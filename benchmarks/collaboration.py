@@ -1,0 +1,229 @@
+"""Does collaborating pay? Zero-shot vs each party alone vs federated vs centralized, same budget.
+
+    python benchmarks/collaboration.py --quick                       # tiny model: checks the pipeline (seconds)
+    python benchmarks/collaboration.py --settings movie:4 --seeds 1  # SmolLM2-135M-Instruct + LoRA, real data
+    python benchmarks/collaboration.py                               # movie:4, movie:8, label_skew:4; 3 seeds
+    python benchmarks/collaboration.py --gpu                         # bigger budgets (default when CUDA exists)
+
+Every method is a federation run through ``mpctf.run`` with the same model, LoRA, batch size, learning rate,
+rounds and seeds; only who trains on what changes:
+
+* zero-shot: round 0 of the FedAvg run (the untrained model on the same held-out movies);
+* local-only: each party as a 1-party federation on its own rows (its share of the split, exported to a file),
+  ``local_steps`` per round, as in the federation; the table shows the mean and the worst party;
+* federated FedAvg and federated ``--best-strategy``: all parties, ``local_steps`` each per round;
+* centralized: one party holding the pooled training rows of all parties, doing ``K × local_steps`` steps per
+  round, so it spends the federation's total step budget (the upper bound).
+
+Settings are ``split:parties``: ``movie`` deals whole movies to parties; ``label_skew`` is a pathological label
+skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes ``results.md``,
+``results.csv``, ``curves.json`` and one ``accuracy_<setting>.png`` per setting into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    Budget,
+    RunOutcome,
+    base_config,
+    command_line,
+    fmt_ms,
+    machine,
+    markdown_table,
+    plot_curves,
+    run_isolated,
+    save_json,
+    write_csv,
+)
+
+from mpctf.config import load_config
+from mpctf.data.federated import FederatedData
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
+    ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
+    ap.add_argument(
+        "--settings", default="movie:4,movie:8,label_skew:4", help="split:parties, comma separated"
+    )
+    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
+    ap.add_argument("--best-strategy", default="fedavgm", help="the strategy compared with FedAvg")
+    ap.add_argument("--rounds", type=int, help="override the budget's rounds")
+    ap.add_argument(
+        "--local-steps", type=int, help="override the budget's optimizer steps per party per round"
+    )
+    ap.add_argument("--eval-samples", type=int, help="override the number of held-out reviews scored")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-collaboration"))
+    return ap.parse_args(argv)
+
+
+def pick_budget(args: argparse.Namespace) -> Budget:
+    import dataclasses
+
+    import torch
+
+    if args.quick:
+        budget = Budget.quick()
+    elif args.gpu or torch.cuda.is_available():
+        budget = Budget.gpu()
+    else:
+        budget = Budget()
+    overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
+    return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_setting(
+    budget: Budget, split: str, num_parties: int, seed: int, best: str, out: Path
+) -> dict[str, Any]:
+    """All methods for one split, party count and seed; returns their outcomes by method."""
+    tag = f"{split}-{num_parties}p-s{seed}"
+    common = {"seed": seed, "num_parties": num_parties, "split": split, "out": out / "runs"}
+    results: dict[str, Any] = {}
+    fed = base_config(budget, name=f"fedavg-{tag}", **common)
+    results["fedavg"] = run_isolated(fed, out / "runs" / f"fedavg-{tag}")
+    results["best"] = run_isolated(
+        base_config(budget, name=f"{best}-{tag}", strategy={"name": best}, **common),
+        out / "runs" / f"{best}-{tag}",
+    )
+    # Each party alone: its exact share of this split, as its own data file, in a 1-party federation.
+    data = FederatedData(load_config(fed))
+    local: list[RunOutcome] = []
+    for party in (p["name"] for p in fed["parties"]):
+        path = out / "runs" / f"data-{tag}-{party}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in data.party_rows(party)))
+        alone = base_config(budget, name=f"local-{tag}-{party}", **common)
+        alone["parties"] = [{"name": party, "data": {"path": str(path.resolve())}}]
+        local.append(run_isolated(alone, out / "runs" / f"local-{tag}-{party}"))
+    results["local"] = local
+    # Centralized: one holder of every party's rows, spending the federation's total steps per round.
+    pooled = base_config(budget, name=f"central-{tag}", **{**common, "num_parties": 1, "split": "iid"})
+    steps = budget.local_steps * num_parties
+    pooled["training"]["local_steps"] = steps
+    pooled["data"]["partition"]["size"] = budget.batch_size * steps
+    results["central"] = run_isolated(pooled, out / "runs" / f"central-{tag}")
+    return results
+
+
+def summarize(
+    per_seed: list[dict[str, Any]], best: str
+) -> tuple[list[dict[str, Any]], dict[str, list[list[float]]]]:
+    """Rows of the table (one per method) and accuracy curves per method (one per seed)."""
+    methods: dict[str, list[RunOutcome]] = {}
+    curves: dict[str, list[list[float]]] = {}
+    worst_acc: list[float] = []
+    for res in per_seed:
+        methods.setdefault("local-only (per party)", []).extend(res["local"])
+        methods.setdefault("federated FedAvg", []).append(res["fedavg"])
+        methods.setdefault(f"federated {best}", []).append(res["best"])
+        methods.setdefault("centralized (pooled data)", []).append(res["central"])
+        worst_acc.append(min(o.final_accuracy for o in res["local"]))
+    rows: list[dict[str, Any]] = []
+    zero = [r["fedavg"].accuracy_per_round[0] for r in per_seed]
+    rows.append({"method": "zero-shot", "acc": zero, "seconds": [], "bytes": [], "peak": []})
+    for label, outs in methods.items():
+        row = {
+            "method": label,
+            "acc": [o.final_accuracy for o in outs],
+            "seconds": [o.seconds for o in outs],
+            "bytes": [o.bytes_moved for o in outs],
+            "peak": [o.peak_mem_bytes for o in outs],
+        }
+        if label.startswith("local-only"):
+            # Mean over parties first within each seed, so the spread is across seeds like every other row.
+            k = len(per_seed[0]["local"])
+            row["acc"] = [sum(o.final_accuracy for o in r["local"]) / k for r in per_seed]
+            rows.append(row)
+            rows.append({**row, "method": "local-only (worst party)", "acc": worst_acc})
+        else:
+            rows.append(row)
+    for res in per_seed:
+        curves.setdefault("FedAvg", []).append(res["fedavg"].accuracy_per_round)
+        curves.setdefault(best, []).append(res["best"].accuracy_per_round)
+        curves.setdefault("centralized", []).append(res["central"].accuracy_per_round)
+        k = len(res["local"])
+        rounds = len(res["local"][0].accuracy_per_round)
+        curves.setdefault("local-only (mean)", []).append(
+            [sum(o.accuracy_per_round[i] for o in res["local"]) / k for i in range(rounds)]
+        )
+    return rows, curves
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    def cell(values: list[float], scale: float, digits: int) -> str:
+        return fmt_ms(values, scale, digits) if values else "—"
+
+    table = []
+    for r in rows:
+        nothing_moves = r["method"].startswith(("local-only", "centralized", "zero-shot"))
+        table.append(
+            [
+                r["method"],
+                cell(r["acc"], 1.0, 3),
+                cell(r["seconds"], 1.0, 0),
+                "— (none needed)" if nothing_moves else cell(r["bytes"], 1e-6, 2),
+                cell(r["peak"], 2**-20, 0),
+            ]
+        )
+    return markdown_table(
+        ["method", "accuracy", "wall time per run (s)", "MB moved (up + down)", "peak memory (MiB)"], table
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = pick_budget(args)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"Command: `{command_line()}`",
+        f"Machine: {machine()}",
+        f"Budget: {budget}",
+        "",
+    ]
+    csv_rows: list[dict[str, Any]] = []
+    all_curves: dict[str, Any] = {}
+    for setting in args.settings.split(","):
+        split, parties = setting.split(":")
+        per_seed = [
+            run_setting(budget, split, int(parties), seed, args.best_strategy, args.out)
+            for seed in range(args.seeds)
+        ]
+        rows, curves = summarize(per_seed, args.best_strategy)
+        lines += [f"### {split} split, {parties} parties, {args.seeds} seed(s)", "", render(rows), ""]
+        for r in rows:
+            csv_rows.append(
+                {
+                    "setting": setting,
+                    "method": r["method"],
+                    "accuracy_per_seed": ";".join(f"{a:.4f}" for a in r["acc"]),
+                    "seconds_per_run": ";".join(f"{s:.1f}" for s in r["seconds"]),
+                    "bytes_moved": ";".join(str(b) for b in r["bytes"]),
+                    "peak_mem_bytes": ";".join(str(p) for p in r["peak"]),
+                }
+            )
+        all_curves[setting] = curves
+        plot_curves(
+            args.out / f"accuracy_{split}_{parties}.png",
+            f"{split} split, {parties} parties ({budget.model})",
+            curves,
+        )
+        print("\n".join(lines[-4:]), flush=True)
+    (args.out / "results.md").write_text("\n".join(lines))
+    write_csv(args.out / "results.csv", csv_rows)
+    save_json(args.out / "curves.json", all_curves)
+    print(f"wrote {args.out}/results.md, results.csv, curves.json and the plots")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A party's worker killed mid-round on the Flower backend: the round goes on, the worker is restarted on its
+port, and the party answers again in a later round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mpctf.config import load_config
+from mpctf.launch import federation
+from mpctf.report.metrics import read_metrics
+from support import tiny_config_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_killed_worker_is_restarted_and_its_party_rejoins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("MPCTF_TEST_MARKERS", str(markers))
+    # bob hangs in round 2 until killed; alice takes her time in round 3 so that bob's worker is back for round 4.
+    monkeypatch.setenv("MPCTF_TEST_FAULTS", json.dumps({"bob": {"2": "hang"}, "alice": {"3": "sleep:20"}}))
+    monkeypatch.setattr(federation, "HANDLER_FACTORY", "faulty_party:make_handler")
+    config = load_config(
+        tiny_config_dict(
+            tmp_path,
+            **{
+                "backend.name": "flower",
+                "federation.rounds": 5,
+                "federation.min_parties": 1,
+                "federation.round_timeout_s": 300,
+                "training.threads": 1,
+            },
+        )
+    )
+    run_dir = tmp_path / "run"
+    killed: list[int] = []
+
+    def kill_bob_inside_round_2() -> None:
+        deadline = time.monotonic() + 600
+        while not (markers / "bob-2").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = json.loads((run_dir / "parties" / "bob" / "worker.json").read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    threading.Thread(target=kill_bob_inside_round_2, daemon=True).start()
+    federation.run_flower(config, run_dir, resume=False, listeners=[])
+    assert killed
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in records if r["event"] == "round"] == [0, 1, 2, 3, 4, 5]
+    status = {(r["round"], r["party"]): r["status"] for r in records if r["event"] == "party_round"}
+    assert status[(2, "alice")] == "ok" and status[(2, "bob")] == "failed"
+    assert any(status.get((r, "bob")) == "ok" for r in (3, 4, 5)), status
+    assert (run_dir / "logs" / "worker-bob.log").read_text().count("party worker ready") == 2

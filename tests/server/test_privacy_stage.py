@@ -1,0 +1,192 @@
+"""The server's and parties' privacy stages through a real backend, with hand-made updates (no model): what the
+round loop does around them, in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mpctf.aggregation.fedavg import FedAvg
+from mpctf.config import load_config
+from mpctf.data.chunking import PartyPlan
+from mpctf.errors import UpdateRejected
+from mpctf.messages import RoundTask, Update
+from mpctf.party.privacy import PartyPrivacy
+from mpctf.privacy.rounds import OPS
+from mpctf.runtime.local import LocalBackend
+from mpctf.server.privacy import ServerPrivacy
+from support import tiny_config_dict
+
+NAMES = ["alice", "bob", "carol"]
+SAMPLES = {"alice": 10, "bob": 30, "carol": 20}
+
+
+def deltas(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        p: {"w": torch.randn(3, 4, generator=g) * 0.01, "b": torch.randn(5, generator=g) * 0.01}
+        for p in NAMES
+    }
+
+
+def plan(party: str) -> PartyPlan:
+    return PartyPlan(party, 100, 1000, SAMPLES[party], None, 5, 4, 1, None, None)
+
+
+class Federation:
+    """Three parties answering privacy exchanges and training tasks (their 'training' returns a fixed delta)."""
+
+    def __init__(self, tmp_path: Path, privacy: dict[str, Any], *, crash: set[str] = frozenset()) -> None:
+        self.config = load_config(
+            tiny_config_dict(tmp_path, parties=[{"name": n} for n in NAMES], privacy=privacy)
+        )
+        self.parties = {p: PartyPrivacy(self.config.privacy, p) for p in NAMES}
+        self.deltas = deltas()
+        self.crash = crash
+        self.seen_by_server: list[dict[str, torch.Tensor]] = []
+        self.backend = LocalBackend({p: self._handler(p) for p in NAMES})
+
+    def _handler(self, party: str):
+        def handle(payload: bytes) -> bytes:
+            task = RoundTask.from_bytes(payload)
+            op = task.instructions["op"]
+            if op in OPS:
+                return self.parties[party].handle(task)
+            if party in self.crash:
+                raise RuntimeError("crashed while training")
+            tensors, header, metrics = self.parties[party].protect(
+                task, self.deltas[party], num_samples=SAMPLES[party], num_tokens=7 * SAMPLES[party]
+            )
+            update = Update(party, task.round, tensors, SAMPLES[party], 7 * SAMPLES[party], metrics)
+            update.header = {"privacy": header}
+            return update.to_bytes()
+
+        return handle
+
+    def round(self, server: ServerPrivacy, round_num: int = 1) -> dict[str, torch.Tensor]:
+        state = {"w": torch.zeros(3, 4), "b": torch.zeros(5)}
+        server.strategy.begin_round(round_num, state)
+        instructions = server.begin_round(round_num, NAMES, {p: plan(p) for p in NAMES}, self.backend)
+        tasks = {
+            p: RoundTask(round_num, {}, {"op": "train", "privacy": instructions[p]}).to_bytes()
+            for p in instructions
+        }
+        for reply in self.backend.train_round(tasks, 60):
+            if reply.payload is None:
+                continue
+            update = Update.from_bytes(reply.payload)
+            self.seen_by_server.append(update.tensors)
+            if server.hides_updates:
+                server.receive_hidden(update, state)
+            else:
+                server.receive_plain(update)
+        server.finish_round(round_num, self.backend)
+        return server.strategy.finalize()
+
+
+def weighted_mean(updates: dict[str, dict[str, torch.Tensor]], parties: list[str]) -> dict[str, torch.Tensor]:
+    total = sum(SAMPLES[p] for p in parties)
+    return {k: sum(updates[p][k] * SAMPLES[p] for p in parties) / total for k in ("w", "b")}
+
+
+def server_for(fed: Federation) -> ServerPrivacy:
+    server = ServerPrivacy.create(fed.config, FedAvg())
+    assert server is not None
+    server.setup(fed.backend)
+    return server
+
+
+def test_secure_aggregation_yields_the_weighted_mean_and_the_server_sees_only_ring_vectors(tmp_path):
+    fed = Federation(tmp_path, {"secure_aggregation": {}})
+    result = fed.round(server_for(fed))
+    expected = weighted_mean(fed.deltas, NAMES)
+    for key in expected:
+        torch.testing.assert_close(result[key], expected[key], atol=1e-5, rtol=0)
+    assert all(
+        set(t) == {"secagg.masked"} and t["secagg.masked"].dtype == torch.int32 for t in fed.seen_by_server
+    )
+
+
+def test_secure_aggregation_unmasks_without_a_party_that_dropped_after_sharing_keys(tmp_path):
+    fed = Federation(tmp_path, {"secure_aggregation": {}}, crash={"carol"})
+    server = server_for(fed)
+    result = fed.round(server)
+    expected = weighted_mean(fed.deltas, ["alice", "bob"])
+    for key in expected:
+        torch.testing.assert_close(result[key], expected[key], atol=1e-5, rtol=0)
+    assert server.last_metrics["privacy_dropped"] == ["carol"]
+
+
+def test_ckks_yields_the_weighted_mean_and_the_server_holds_no_secret_key(tmp_path):
+    import tenseal as ts
+
+    fed = Federation(tmp_path, {"homomorphic_encryption": {}})
+    server = server_for(fed)
+    assert not ts.context_from(server._public_context).has_secret_key()
+    result = fed.round(server)
+    expected = weighted_mean(fed.deltas, NAMES)
+    for key in expected:
+        torch.testing.assert_close(result[key], expected[key], atol=1e-6, rtol=0)
+    assert all(all(k.startswith("ckks.") for k in t) for t in fed.seen_by_server)
+
+
+def test_central_dp_clips_each_update_and_adds_noise_of_sigma_c_over_m(tmp_path):
+    clip = 0.01
+    fed = Federation(tmp_path, {"client_dp": {"noise_multiplier": 0.0, "clip_norm": clip}})
+    server = server_for(fed)
+    result = fed.round(server)
+    norms = [float(torch.cat([t.flatten() for t in u.values()]).norm()) for u in fed.seen_by_server]
+    assert max(norms) <= clip * (1 + 1e-5)
+    clipped_mean = {k: sum(u[k] for u in fed.seen_by_server) / 3 for k in ("w", "b")}
+    for key in clipped_mean:  # σ = 0: the uniform mean of the clipped updates
+        torch.testing.assert_close(result[key], clipped_mean[key])
+    assert server.last_metrics["dp_epsilon"] == float("inf")
+
+
+def test_a_hidden_update_of_the_wrong_layout_is_rejected(tmp_path):
+    fed = Federation(tmp_path, {"secure_aggregation": {}})
+    server = server_for(fed)
+    server.strategy.begin_round(1, {"w": torch.zeros(3, 4)})
+    server.begin_round(1, NAMES, {p: plan(p) for p in NAMES}, fed.backend)
+    bogus = Update("alice", 1, {"secagg.masked": torch.zeros(17, dtype=torch.int32)}, 1, 1)
+    bogus.header = {"privacy": {"layout": {"names": ["x"], "shapes": [[17]], "dtypes": ["float32"]}}}
+    with pytest.raises(UpdateRejected, match="layout"):
+        server.receive_hidden(bogus, {"w": torch.zeros(3, 4)})
+
+
+def test_the_ledger_and_clip_norm_resume_and_a_ledger_of_other_parameters_is_refused(tmp_path):
+    from mpctf.errors import FederationError
+
+    dp = {"noise_multiplier": 1.0, "clip_norm": 0.01, "epsilon_max": 1e6}
+    fed = Federation(tmp_path, {"client_dp": {**dp, "adaptive_clipping": {"count_noise_std": 1.0}}})
+    server = server_for(fed)
+    fed.round(server, 1)
+    saved = server.state_dict()
+    resumed = server_for(
+        Federation(tmp_path, {"client_dp": {**dp, "adaptive_clipping": {"count_noise_std": 1.0}}})
+    )
+    resumed.load_state_dict(saved)
+    assert resumed.accountant.steps == 1 and resumed.clip_norm == server.clip_norm != 0.01
+    assert resumed.accountant.epsilon() == server.last_metrics["dp_epsilon"]
+    other = server_for(Federation(tmp_path, {"client_dp": {**dp, "noise_multiplier": 2.0}}))
+    with pytest.raises(FederationError, match="noise_multiplier"):
+        other.load_state_dict(saved)
+    with pytest.raises(FederationError, match="no privacy ledger"):
+        other.load_state_dict(None)
+
+
+def test_the_round_that_would_exceed_epsilon_max_is_refused_with_the_reason(tmp_path):
+    from mpctf.privacy.accountant import epsilon_for
+
+    eps1 = epsilon_for(noise_multiplier=1.0, sampling_rate=1.0, steps=1, delta=1e-5)
+    fed = Federation(
+        tmp_path, {"client_dp": {"noise_multiplier": 1.0, "clip_norm": 0.01, "epsilon_max": eps1 * 1.01}}
+    )
+    server = server_for(fed)
+    assert server.max_rounds == 1 and server.stop_reason(1) is None
+    fed.round(server, 1)
+    reason = server.stop_reason(2)
+    assert reason is not None and "round 2" in reason and "epsilon_max" in reason

@@ -1,0 +1,62 @@
+"""The result benchmarks run end to end in --quick mode (tiny model): tables, CSV and plots come out."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_collaboration_quick(tmp_path: Path) -> None:
+    text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "2")
+    for method in ("zero-shot", "local-only (per party)", "local-only (worst party)", "federated FedAvg",
+                   "centralized (pooled data)"):  # fmt: skip
+        assert f"| {method} |" in text
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert {r["setting"] for r in rows} == {"label_skew:2"}
+    fedavg = next(r for r in rows if r["method"] == "federated FedAvg")
+    accuracies = [float(a) for a in fedavg["accuracy_per_seed"].split(";")]
+    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert all(int(b) > 0 for b in fedavg["bytes_moved"].split(";"))
+    assert (tmp_path / "accuracy_label_skew_2.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_communication_quick(tmp_path: Path) -> None:
+    run_benchmark(
+        "communication.py", tmp_path, "--parties", "2", "--chains", "none,int8,topk 1% + int8 + zstd"
+    )
+    rows = {r["chain"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    ratio = {k: float(r["ratio_vs_fp32"]) for k, r in rows.items()}
+    # The chains really shrink what is sent, in the expected order.
+    assert ratio["none"] < 1.01 < 3 < ratio["int8"] < ratio["topk 1% + int8 + zstd"]
+
+
+@pytest.mark.slow
+def test_strategies_quick(tmp_path: Path) -> None:
+    text = run_benchmark(
+        "strategies.py", tmp_path, "--strategies", "fedavg,median,norm_bounded", "--parties", "3",
+        "--attack-parties", "7", "--attacks", "sign_flip",
+    )  # fmt: skip
+    assert "| fedavg, no attack |" in text and "| krum, sign_flip |" in text
+    assert (tmp_path / "accuracy_attack.png").stat().st_size > 0
