@@ -40,10 +40,17 @@ def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
     )
 
 
-def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Update, list[int]]:
+def _train_once(
+    tmp_path: Path, processes: int, micro_batch: int, mode: str, mu: float | None
+) -> tuple[Update, list[int]]:
     """One round of party alice on a chunk of 9 examples in steps of 4: the last step has one example, so with
-    two processes rank 0 runs a zero-weight stand-in."""
-    config = load_config(_config(tmp_path, processes))
+    two processes rank 0 runs a zero-weight stand-in. With ``mu``, FedProx's proximal term joins the loss."""
+    cfg = _config(tmp_path, processes, **{"training.mode": mode})
+    if mode != "lora":
+        del cfg["training"]["lora"]
+    if mu is not None:
+        cfg["federation"]["strategy"] = {"name": "fedprox", "mu": mu}
+    config = load_config(cfg)
     plan = local_plans(config)["alice"]
     # Rounds of 9 samples (the first chunk has num_samples // rounds_per_epoch rows).
     plan = dataclasses.replace(
@@ -54,7 +61,10 @@ def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Updat
     try:
         state = bundle.mode.get_state(bundle.model)
         encoded, header = chain_from_specs([]).encode(state, {})
-        task = RoundTask(1, encoded, {"plan": dataclasses.asdict(plan), "downlink": header, "strategy": {}})
+        strategy = {} if mu is None else {"mu": mu}
+        task = RoundTask(
+            1, encoded, {"plan": dataclasses.asdict(plan), "downlink": header, "strategy": strategy}
+        )
         update = worker.train(task)
         pids = [p.pid for p in worker.ranks.procs] if worker.ranks else []
     finally:
@@ -62,14 +72,19 @@ def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Updat
     return update, pids
 
 
-@pytest.mark.parametrize("micro_batch", [4, 2])
-def test_two_processes_give_the_one_process_update(tmp_path: Path, micro_batch: int) -> None:
+@pytest.mark.parametrize(
+    ("micro_batch", "mode", "mu"), [(4, "lora", None), (2, "lora", None), (4, "prompt_tuning", 0.5)]
+)
+def test_two_processes_give_the_one_process_update(
+    tmp_path: Path, micro_batch: int, mode: str, mu: float | None
+) -> None:
     """Same chunk, same seed, same total batch of 4 per step: each rank takes 2 examples (as one micro-batch,
     or as two micro-batches of 1 when the plan accumulates) and DDP averages the gradients. The verbalizers are
     one token each, so every example carries the same weight in both layouts and the updates agree up to float
-    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry."""
-    one, _ = _train_once(tmp_path / "one", 1, micro_batch)
-    two, pids = _train_once(tmp_path / "two", 2, micro_batch)
+    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry. The
+    prompt-tuning case also sends FedProx's hooks to the other rank and adds the proximal term on both."""
+    one, _ = _train_once(tmp_path / "one", 1, micro_batch, mode, mu)
+    two, pids = _train_once(tmp_path / "two", 2, micro_batch, mode, mu)
     assert (one.num_samples, one.num_tokens) == (two.num_samples, two.num_tokens) == (9, one.num_tokens)
     assert two.metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
     assert one.tensors.keys() == two.tensors.keys()
