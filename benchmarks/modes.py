@@ -14,6 +14,7 @@ header); time per step is the parties' training time divided by their optimizer 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -180,8 +181,7 @@ def main() -> None:
             rows.append(measure(mode, args, Path(tmp)))
             print(rows[-1], file=sys.stderr, flush=True)
     text = table(rows, skipped)
-    cores = torch.get_num_threads()
-    machine = f"{platform.machine()}, {cores} CPU threads, " + (
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, " + (
         torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     )
     text += f"\n\nMachine: {machine}; torch {torch.__version__}.\n"
