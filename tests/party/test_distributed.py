@@ -129,7 +129,6 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
             from support import tiny_config_dict
             from mpctf.config import load_config
             from mpctf.party.worker import PartyWorker
-from mpctf.report.metrics import read_metrics
             worker = PartyWorker(load_config(tiny_config_dict(__import__("pathlib").Path({str(tmp_path)!r}),
                 **{{"training.processes_per_party": 2, "training.threads": 1}})), "alice")
             print("ready", flush=True)

@@ -162,7 +162,7 @@ def join_group(store: dist.Store, rank: int, world: int, device: torch.device, t
         backend = dist.ProcessGroupGloo(prefix, rank, world, timeout)
         kind = dist.ProcessGroup.BackendType.GLOO
     group._set_default_backend(kind)
-    group._register_backend(device, kind, backend)
+    group._register_backend(torch.device(device.type), kind, backend)
     return RankShard(group, rank, world, device)
 
 
