@@ -21,6 +21,7 @@ from mpctf.messages import RoundTask, Update
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import local_plans
 from mpctf.party.worker import PartyWorker
+from mpctf.report.metrics import read_metrics
 from support import tiny_config_dict
 
 pytestmark = pytest.mark.slow
@@ -33,24 +34,37 @@ def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
             "training.processes_per_party": processes,
             "training.threads": 1,
             "training.local_steps": None,
-            # 9 examples in steps of 4: the last step has one example, so rank 1 runs a zero-weight stand-in.
             "data.partition.size": 9,
             **overrides,
         },
     )
 
 
-def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Update, list[int]]:
-    config = load_config(_config(tmp_path, processes))
+def _train_once(
+    tmp_path: Path, processes: int, micro_batch: int, mode: str, mu: float | None
+) -> tuple[Update, list[int]]:
+    """One round of party alice on a chunk of 9 examples in steps of 4: the last step has one example, so with
+    two processes rank 0 runs a zero-weight stand-in. With ``mu``, FedProx's proximal term joins the loss."""
+    cfg = _config(tmp_path, processes, **{"training.mode": mode})
+    if mode != "lora":
+        del cfg["training"]["lora"]
+    if mu is not None:
+        cfg["federation"]["strategy"] = {"name": "fedprox", "mu": mu}
+    config = load_config(cfg)
+    plan = local_plans(config)["alice"]
+    # Rounds of 9 samples (the first chunk has num_samples // rounds_per_epoch rows).
     plan = dataclasses.replace(
-        local_plans(config)["alice"], micro_batch=micro_batch, grad_accum=4 // micro_batch
+        plan, rounds_per_epoch=plan.num_samples // 9, micro_batch=micro_batch, grad_accum=4 // micro_batch
     )
     bundle = ModelBundle.load(config)
     worker = PartyWorker(config, "alice", bundle=bundle)
     try:
         state = bundle.mode.get_state(bundle.model)
         encoded, header = chain_from_specs([]).encode(state, {})
-        task = RoundTask(1, encoded, {"plan": dataclasses.asdict(plan), "downlink": header, "strategy": {}})
+        strategy = {} if mu is None else {"mu": mu}
+        task = RoundTask(
+            1, encoded, {"plan": dataclasses.asdict(plan), "downlink": header, "strategy": strategy}
+        )
         update = worker.train(task)
         pids = [p.pid for p in worker.ranks.procs] if worker.ranks else []
     finally:
@@ -58,14 +72,19 @@ def _train_once(tmp_path: Path, processes: int, micro_batch: int) -> tuple[Updat
     return update, pids
 
 
-@pytest.mark.parametrize("micro_batch", [4, 2])
-def test_two_processes_give_the_one_process_update(tmp_path: Path, micro_batch: int) -> None:
+@pytest.mark.parametrize(
+    ("micro_batch", "mode", "mu"), [(4, "lora", None), (2, "lora", None), (4, "prompt_tuning", 0.5)]
+)
+def test_two_processes_give_the_one_process_update(
+    tmp_path: Path, micro_batch: int, mode: str, mu: float | None
+) -> None:
     """Same chunk, same seed, same total batch of 4 per step: each rank takes 2 examples (as one micro-batch,
     or as two micro-batches of 1 when the plan accumulates) and DDP averages the gradients. The verbalizers are
     one token each, so every example carries the same weight in both layouts and the updates agree up to float
-    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry."""
-    one, _ = _train_once(tmp_path / "one", 1, micro_batch)
-    two, pids = _train_once(tmp_path / "two", 2, micro_batch)
+    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry. The
+    prompt-tuning case also sends FedProx's hooks to the other rank and adds the proximal term on both."""
+    one, _ = _train_once(tmp_path / "one", 1, micro_batch, mode, mu)
+    two, pids = _train_once(tmp_path / "two", 2, micro_batch, mode, mu)
     assert (one.num_samples, one.num_tokens) == (two.num_samples, two.num_tokens) == (9, one.num_tokens)
     assert two.metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
     assert one.tensors.keys() == two.tensors.keys()
@@ -136,3 +155,25 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.flower
+def test_flower_run_with_two_processes_per_party_leaves_no_rank_behind(tmp_path: Path) -> None:
+    """On Flower each party worker is its own process and starts its rank 1; the run ends with all of them."""
+    before = {p.pid for p in _all_ranks()}
+    cfg = _config(
+        tmp_path, 2, **{"backend.name": "flower", "federation.rounds": 1, "training.local_steps": 2}
+    )
+    result = mpctf.run(cfg, run_dir=tmp_path / "run")
+    assert [r["round"] for r in result.rounds] == [0, 1]
+    parties = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
+    assert len(parties) == 2 and all(r["status"] == "ok" and r["samples"] > 0 for r in parties)
+    assert not [p for p in _all_ranks() if p.pid not in before]
+
+
+def _all_ranks() -> list[psutil.Process]:
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "mpctf.party.distributed" in " ".join(p.info["cmdline"] or [])
+    ]

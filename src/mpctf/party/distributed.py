@@ -162,7 +162,7 @@ def join_group(store: dist.Store, rank: int, world: int, device: torch.device, t
         backend = dist.ProcessGroupGloo(prefix, rank, world, timeout)
         kind = dist.ProcessGroup.BackendType.GLOO
     group._set_default_backend(kind)
-    group._register_backend(device, kind, backend)
+    group._register_backend(torch.device(device.type), kind, backend)
     return RankShard(group, rank, world, device)
 
 
@@ -219,8 +219,9 @@ class PartyRanks:
         while not self.store.check(keys):
             for rank, proc in enumerate(self.procs, start=1):
                 if proc.poll() is not None:
+                    reason = f"party {self.party!r}: rank {rank} exited: {self._last_line(rank)}"
                     self.close()
-                    raise LaunchError(f"party {self.party!r}: rank {rank} exited: {self._last_line(rank)}")
+                    raise LaunchError(reason)
             if time.monotonic() > deadline:
                 self.close()
                 raise LaunchError(f"party {self.party!r}: ranks did not start within {_JOIN_TIMEOUT_S:g} s")

@@ -52,7 +52,7 @@ def train_round(
     shard = shard or Shard()
     device = bundle.device
     model = shard.wrap(bundle.model)
-    params = bundle.mode.trainable_parameters(model)
+    params = bundle.mode.trainable_parameters(bundle.model)
     # An algorithm may freeze part of the exchanged state at the party (FFA-LoRA keeps lora_A fixed).
     stepped = [p for key, p in params.items() if hooks.trainable(key)]
     optimizer = torch.optim.AdamW(stepped, lr=settings.lr, weight_decay=settings.weight_decay)

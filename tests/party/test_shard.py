@@ -1,0 +1,40 @@
+"""How a step's examples are shared among a party's processes (pure bookkeeping, no processes started)."""
+
+from __future__ import annotations
+
+import torch
+
+from mpctf.data.tasks import Example
+from mpctf.party.distributed import RankShard, Shard
+
+
+def _examples(n: int) -> list[Example]:
+    return [Example(input_ids=[i, i + 1], prompt_len=1) for i in range(n)]
+
+
+def _shards(world: int) -> list[RankShard]:
+    return [RankShard(None, rank, world, torch.device("cpu")) for rank in range(world)]  # type: ignore[arg-type]
+
+
+def test_ranks_cover_a_step_in_contiguous_disjoint_shards() -> None:
+    step = _examples(7)
+    parts = [shard.split(step) for shard in _shards(3)]
+    assert [e for examples, _ in parts for e in examples] == step
+    assert [len(examples) for examples, _ in parts] == [2, 2, 3]
+    # Each loss is scaled by the world size, which DDP's averaging divides out again.
+    assert all(factor == 3.0 for _, factor in parts)
+
+
+def test_a_rank_without_examples_runs_a_stand_in_of_weight_zero() -> None:
+    step = _examples(1)
+    (stand_in, weight0), (real, weight1) = (shard.split(step) for shard in _shards(2))
+    # Rank 0's share of a one-example step is empty: it still joins the gradient all-reduce, contributing zero.
+    assert (list(stand_in), weight0) == (step, 0.0)
+    assert (list(real), weight1) == (step, 2.0)
+
+
+def test_the_single_process_shard_is_the_whole_step() -> None:
+    step = _examples(5)
+    examples, factor = Shard().split(step)
+    assert list(examples) == step and factor == 1.0
+    assert Shard().total([1.5, 5, 7]) == [1.5, 5, 7]
