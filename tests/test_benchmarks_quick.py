@@ -29,8 +29,15 @@ def run_benchmark(script: str, out: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_collaboration_quick(tmp_path: Path) -> None:
     text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "2")
-    for method in ("zero-shot", "local-only (per party)", "local-only (worst party)", "federated FedAvg",
-                   "centralized (pooled data)"):  # fmt: skip
+    methods = [
+        "zero-shot",
+        "majority label (no model)",
+        "local-only (mean of parties)",
+        "local-only (worst party)",
+        "federated FedAvg",
+        "centralized (pooled data)",
+    ]
+    for method in methods:
         assert f"| {method} |" in text
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert {r["setting"] for r in rows} == {"label_skew:2"}
