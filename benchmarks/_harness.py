@@ -14,8 +14,10 @@ movie, evaluated on reviews of held-out movies).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
+import dataclasses
 import json
 import multiprocessing as mp
 import resource
@@ -203,6 +205,32 @@ def run_isolated(config: dict[str, Any], run_dir: Path) -> RunOutcome:
     if "error" in reply:
         raise SystemExit(f"run {config['name']} failed: {reply['error']}")
     return RunOutcome(**reply)
+
+
+def budget_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the options every result benchmark shares (budget, seeds)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
+    ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
+    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
+    ap.add_argument("--rounds", type=int, help="override the budget's rounds")
+    ap.add_argument(
+        "--local-steps", type=int, help="override the budget's optimizer steps per party per round"
+    )
+    ap.add_argument("--eval-samples", type=int, help="override the number of held-out reviews scored")
+    return ap
+
+
+def pick_budget(args: argparse.Namespace) -> Budget:
+    """The budget ``budget_parser``'s options select: quick, GPU (also whenever CUDA is present) or CPU."""
+    if args.quick:
+        budget = Budget.quick()
+    elif args.gpu or _cuda():
+        budget = Budget.gpu()
+    else:
+        budget = Budget()
+    overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
+    return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _cuda() -> bool:

@@ -34,10 +34,12 @@ from _harness import (
     Budget,
     RunOutcome,
     base_config,
+    budget_parser,
     command_line,
     fmt_ms,
     machine,
     markdown_table,
+    pick_budget,
     plot_curves,
     run_isolated,
     save_json,
@@ -49,36 +51,13 @@ from mpctf.data.federated import FederatedData
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
-    ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
+    ap = budget_parser(__doc__)
     ap.add_argument(
         "--settings", default="movie:4,movie:8,label_skew:4", help="split:parties, comma separated"
     )
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
     ap.add_argument("--best-strategy", default="fedavgm", help="the strategy compared with FedAvg")
-    ap.add_argument("--rounds", type=int, help="override the budget's rounds")
-    ap.add_argument(
-        "--local-steps", type=int, help="override the budget's optimizer steps per party per round"
-    )
-    ap.add_argument("--eval-samples", type=int, help="override the number of held-out reviews scored")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-collaboration"))
     return ap.parse_args(argv)
-
-
-def pick_budget(args: argparse.Namespace) -> Budget:
-    import dataclasses
-
-    import torch
-
-    if args.quick:
-        budget = Budget.quick()
-    elif args.gpu or torch.cuda.is_available():
-        budget = Budget.gpu()
-    else:
-        budget = Budget()
-    overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
-    return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run_setting(

@@ -13,7 +13,6 @@ against the uncompressed run. Writes ``results.md``, ``results.csv``, ``curves.j
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
-    Budget,
     RunOutcome,
     base_config,
+    budget_parser,
     command_line,
     fmt_ms,
     machine,
     markdown_table,
     mean_spread,
+    pick_budget,
     plot_curves,
     run_isolated,
     save_json,
@@ -45,33 +45,16 @@ CHAINS: dict[str, list[dict[str, Any]]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
-    ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
+    ap = budget_parser(__doc__)
     ap.add_argument("--parties", type=int, default=4)
     ap.add_argument("--split", default="movie")
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
     ap.add_argument(
-        "--chains", default=",".join(CHAINS), help="comma-separated names from: " + ", ".join(CHAINS)
+        "--chains",
+        default=",".join(CHAINS),
+        help="comma-separated names from: " + ", ".join(CHAINS).replace("%", "%%"),
     )
-    ap.add_argument("--rounds", type=int)
-    ap.add_argument("--local-steps", type=int)
-    ap.add_argument("--eval-samples", type=int)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-communication"))
     return ap.parse_args(argv)
-
-
-def pick_budget(args: argparse.Namespace) -> Budget:
-    import torch
-
-    if args.quick:
-        budget = Budget.quick()
-    elif args.gpu or torch.cuda.is_available():
-        budget = Budget.gpu()
-    else:
-        budget = Budget()
-    overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
-    return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> None:

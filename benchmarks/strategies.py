@@ -16,7 +16,6 @@ first). Writes ``results.md``, ``results.csv``, ``curves.json`` and ``accuracy_<
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -25,13 +24,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
-    Budget,
     RunOutcome,
     base_config,
+    budget_parser,
     command_line,
     fmt_ms,
     machine,
     markdown_table,
+    pick_budget,
     plot_curves,
     run_isolated,
     save_json,
@@ -47,9 +47,7 @@ ROBUST = ["fedavg", "krum", "median", "trimmed_mean", "norm_bounded"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
-    ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
+    ap = budget_parser(__doc__)
     ap.add_argument("--part", choices=["clean", "attack", "both"], default="both")
     ap.add_argument("--strategies", help="clean part: comma-separated names (default: every registered one)")
     ap.add_argument("--parties", type=int, default=4, help="clean part: parties (movie split)")
@@ -57,25 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attack-parties", type=int, default=7, help="attack part: parties, two of them malicious"
     )
     ap.add_argument("--attacks", default="sign_flip,scale")
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
-    ap.add_argument("--rounds", type=int)
-    ap.add_argument("--local-steps", type=int)
-    ap.add_argument("--eval-samples", type=int)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-strategies"))
     return ap.parse_args(argv)
-
-
-def pick_budget(args: argparse.Namespace) -> Budget:
-    import torch
-
-    if args.quick:
-        budget = Budget.quick()
-    elif args.gpu or torch.cuda.is_available():
-        budget = Budget.gpu()
-    else:
-        budget = Budget()
-    overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
-    return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def honest_norm(outcome: RunOutcome) -> float:
