@@ -28,7 +28,7 @@ def run_benchmark(script: str, out: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_collaboration_quick(tmp_path: Path) -> None:
-    text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "2")
+    text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "1")
     methods = [
         "zero-shot",
         "majority label (no model)",
@@ -43,7 +43,7 @@ def test_collaboration_quick(tmp_path: Path) -> None:
     assert {r["setting"] for r in rows} == {"label_skew:2"}
     fedavg = next(r for r in rows if r["method"] == "federated FedAvg")
     accuracies = [float(a) for a in fedavg["accuracy_per_seed"].split(";")]
-    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert len(accuracies) == 1 and all(0.0 <= a <= 1.0 for a in accuracies)
     assert all(int(b) > 0 for b in fedavg["bytes_moved"].split(";"))
     assert (tmp_path / "accuracy_label_skew_2.png").stat().st_size > 0
 
@@ -63,7 +63,7 @@ def test_communication_quick(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_strategies_quick(tmp_path: Path) -> None:
     text = run_benchmark(
-        "strategies.py", tmp_path, "--strategies", "fedavg,median,norm_bounded", "--parties", "3",
+        "strategies.py", tmp_path, "--strategies", "fedavg", "--parties", "3",
         "--attack-parties", "7", "--attacks", "sign_flip",
     )  # fmt: skip
     assert "| fedavg, no attack |" in text and "| krum, sign_flip |" in text

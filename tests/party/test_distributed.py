@@ -149,7 +149,7 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
             proc.kill()
         else:
             os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
         _, alive = psutil.wait_procs(helpers, timeout=30)
         assert not alive
     finally:

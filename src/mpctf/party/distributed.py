@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -264,8 +265,16 @@ class PartyRanks:
             return
         atexit.unregister(self.close)
         if not self._busy and hasattr(self, "shard") and all(p.poll() is None for p in procs):
-            with contextlib.suppress(Exception):
-                self.shard.broadcast_object({"op": "stop"})
+            # A rank that is itself dying (Ctrl-C reaches the whole group) may never take the message, and a
+            # collective has no timeout of its own shorter than the round's: send it from a thread we stop
+            # waiting for, then fall back to signals.
+            def say_stop() -> None:
+                with contextlib.suppress(Exception):
+                    self.shard.broadcast_object({"op": "stop"})
+
+            sender = threading.Thread(target=say_stop, daemon=True)
+            sender.start()
+            sender.join(timeout=5.0)
         _stop(procs, grace_s=5.0)
         for log in self.logs:
             log.close()
