@@ -49,7 +49,8 @@ def _result(run_dir: Path, resume: bool) -> RunResult:
     return RunResult(run_dir, [r for r in records[first:] if r["event"] == "round"])
 
 
-def _prepare(config: RunConfig, run_dir: Path, resume: bool) -> Path:
+def prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> Path:
+    """Create the run directory and record the config every party process reads (kept as it is on resume)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     if not resume:
@@ -72,7 +73,7 @@ def serve_server(
 
     With ``party_public_keys`` only those parties' SuperNodes may join (Flower node authentication).
     """
-    config_path = _prepare(config, run_dir, resume)
+    config_path = prepare_run_dir(config, run_dir, resume)
     tail = MetricsTail(run_dir / "metrics.jsonl", listeners)
     launch_flower_server(
         run_dir,
@@ -130,7 +131,7 @@ def run_flower(
     if any(p.host is not None for p in config.parties):
         from mpctf.launch.remote import run_with_hosts
 
-        config_path = _prepare(config, run_dir, resume)
+        config_path = prepare_run_dir(config, run_dir, resume)
         settings = _settings(config_path, run_dir, resume)
         return run_with_hosts(
             config,
@@ -141,10 +142,7 @@ def run_flower(
             handler_factory=HANDLER_FACTORY,
             listeners=listeners,
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if not resume:
-        config_path.write_text(dump_config(config))
+    config_path = prepare_run_dir(config, run_dir, resume)
     threads = str(party_threads(config, len(config.parties)))
     parties = [
         PartySpec(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mpctf.config import RunConfig, dump_config
+from mpctf.config import RunConfig
 from mpctf.errors import LaunchError
 from mpctf.launch.flower_services import PartySpec, start_worker, wait_until
 from mpctf.launch.processes import ProcessGroup, describe_exit, signals_raise
@@ -111,14 +111,11 @@ def run_processes(
 ) -> RunResult:
     """Start one worker per party, run every round from this process, stop the workers whatever happens."""
     from mpctf.comm import fp32_bytes
-    from mpctf.launch.federation import party_threads
+    from mpctf.launch.federation import party_threads, prepare_run_dir
     from mpctf.model.bundle import ModelBundle
     from mpctf.server.loop import RoundLoop
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if not resume:
-        config_path.write_text(dump_config(config))
+    config_path = prepare_run_dir(config, run_dir, resume)
     threads = str(party_threads(config, len(config.parties)))
     parties = [
         PartySpec(p, {"config": str(config_path), "party": p, "threads": threads}, {"PYTHONUNBUFFERED": "1"})
