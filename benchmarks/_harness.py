@@ -29,6 +29,13 @@ from pathlib import Path
 from typing import Any
 
 PROMPT = "Movie review: {text}\nIs this review positive or negative? Answer:"
+#: The `task` section every Rotten Tomatoes benchmark uses: the quickstart's prompt and verbalizer.
+MOVIE_TASK: dict[str, Any] = {
+    "prompt": PROMPT,
+    "text_field": "text",
+    "label_field": "category",
+    "labels": {"fresh": " positive", "rotten": " negative"},
+}
 
 
 @dataclass(frozen=True)
@@ -109,12 +116,7 @@ def base_config(
             "local_steps": budget.local_steps,
             "lora": {"r": budget.lora_r, "alpha": 2 * budget.lora_r, "target_modules": ["q_proj", "v_proj"]},
         },
-        "task": {
-            "prompt": PROMPT,
-            "text_field": "text",
-            "label_field": "category",
-            "labels": {"fresh": " positive", "rotten": " negative"},
-        },
+        "task": copy.deepcopy(MOVIE_TASK),
         "data": {
             "dataset": dataset,
             "split": split_spec(split),

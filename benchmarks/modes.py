@@ -14,6 +14,7 @@ header); time per step is the parties' training time divided by their optimizer 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import MOVIE_TASK
 
 import mpctf
 from mpctf.report.metrics import read_metrics
@@ -53,12 +55,7 @@ def config(mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "output_dir": str(out),
         "model": {"name": "smollm2-135m-instruct", "num_layers": args.layers},
         "training": training,
-        "task": {
-            "prompt": "Movie review: {text}\nIs this review positive or negative? Answer:",
-            "text_field": "text",
-            "label_field": "category",
-            "labels": {"fresh": " positive", "rotten": " negative"},
-        },
+        "task": copy.deepcopy(MOVIE_TASK),
         "data": {
             "dataset": {"builtin": "rotten_tomatoes", "max_samples": 2000},
             "split": {"name": "by_key", "key": "movie_name"},

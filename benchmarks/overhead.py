@@ -12,6 +12,7 @@ on the same examples with the same model, LoRA config and batch size.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _harness import MOVIE_TASK
 
 import mpctf
 from mpctf.config import load_config
@@ -43,12 +45,7 @@ def federation(model: str, backend: str, rounds: int, out: Path) -> dict:
             "local_steps": 4,
             "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
         },
-        "task": {
-            "prompt": "Movie review: {text}\nIs this review positive or negative? Answer:",
-            "text_field": "text",
-            "label_field": "category",
-            "labels": {"fresh": " positive", "rotten": " negative"},
-        },
+        "task": copy.deepcopy(MOVIE_TASK),
         "data": {
             "dataset": {"builtin": "rotten_tomatoes", "max_samples": 1200},
             "split": {"name": "by_key", "key": "movie_name"},

@@ -18,12 +18,15 @@ The per-algorithm micro-benchmark without a model is ``benchmarks/privacy_overhe
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _harness import MOVIE_TASK
 
 import mpctf
 from mpctf.privacy.accountant import epsilon_for
@@ -46,13 +49,7 @@ def base_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "max_length": 96,
             "local_steps": args.steps,
         },
-        "task": {
-            "type": "classification",
-            "prompt": "Movie review: {text}\nIs this review positive or negative? Answer:",
-            "text_field": "text",
-            "label_field": "category",
-            "labels": {"fresh": " positive", "rotten": " negative"},
-        },
+        "task": copy.deepcopy(MOVIE_TASK),
         "data": {
             "dataset": {"builtin": "rotten_tomatoes"},
             "split": {"name": "by_key", "key": "movie_name"},
