@@ -54,3 +54,18 @@ def test_validate_rejects_with_party_and_reason(tensors, match) -> None:
 
 def test_validate_returns_norm() -> None:
     assert validate_update(_upd("a", [3.0, 4.0], 1), {"w": torch.zeros(2)}) == pytest.approx(5.0)
+
+
+def test_fedavg_result_does_not_depend_on_arrival_order() -> None:
+    # Updates arrive in whatever order parties finish; a resumed run must still reproduce the same floats.
+    gen = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(10_000, generator=gen) * 10.0 ** float(e) for e in (-3, 0, 2, -1, 1)]
+    results = []
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        s = FedAvg()
+        s.begin_round(1, {"w": torch.zeros(10_000)})
+        for i in order:
+            s.accumulate(Update(f"p{i}", 1, {"w": deltas[i]}, num_samples=7 + 13 * i, num_tokens=1))
+        results.append(s.finalize()["w"])
+    assert results[0].dtype == torch.float32
+    assert all(torch.equal(results[0], r) for r in results[1:])

@@ -143,9 +143,21 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def weighted_sum_into(acc: NamedTensors | None, tensors: NamedTensors, weight: float) -> NamedTensors:
-    """``acc + weight · tensors`` in float32, allocating ``acc`` on first use (the running-sum primitive)."""
+    """``acc + weight · tensors``, allocating ``acc`` on first use (the running-sum primitive).
+
+    The sum is kept in float64, and each product is rounded before it is added (no fused multiply-add), because
+    updates are folded in the order they arrive: in float32 that order changes the last bits of the result, so a
+    resumed run could not reproduce an uninterrupted one. In float64 the products of float32 values with integer
+    weights are exact and the sum rounds back to the same float32 in any order. Call :func:`sum_as_float32` to
+    read it.
+    """
     if acc is None:
-        return {k: v.detach().to(torch.float32) * weight for k, v in tensors.items()}
+        return {k: v.detach().to(torch.float64) * weight for k, v in tensors.items()}
     for k, v in tensors.items():
-        acc[k].add_(v.detach().to(torch.float32), alpha=weight)
+        acc[k].add_(v.detach().to(torch.float64) * weight)
     return acc
+
+
+def sum_as_float32(acc: NamedTensors, divisor: float = 1.0) -> NamedTensors:
+    """A running sum from :func:`weighted_sum_into` divided by ``divisor``, as float32; empties ``acc``."""
+    return {k: acc.pop(k).div_(divisor).to(torch.float32) for k in list(acc)}

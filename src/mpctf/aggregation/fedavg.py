@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mpctf.aggregation.base import STRATEGIES, Strategy, StrategyParams, weighted_sum_into
+from mpctf.aggregation.base import STRATEGIES, Strategy, StrategyParams, sum_as_float32, weighted_sum_into
 from mpctf.aggregation.ops import apply_delta
 from mpctf.aggregation.validate import validate_update
 from mpctf.errors import UpdateRejected
@@ -66,7 +66,7 @@ class FedAvg(Strategy):
         if self._sum is None or self._total <= 0:
             raise RuntimeError("finalize() called before any update was accumulated")
         mean, self._sum = self._sum, None
-        return {k: v.div_(self._total) for k, v in mean.items()}
+        return sum_as_float32(mean, self._total)
 
     def finalize(self) -> NamedTensors:
         return apply_delta(self._global, self.mean_delta())

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from mpctf.aggregation.base import STRATEGIES, PartyHooks, weighted_sum_into
+from mpctf.aggregation.base import STRATEGIES, PartyHooks, sum_as_float32, weighted_sum_into
 from mpctf.aggregation.fedavg import FedAvg, FedAvgParams, update_weight
 from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys, zeros_like_f32
 from mpctf.aggregation.params import Positive
@@ -151,8 +151,8 @@ class Scaffold(FedAvg):
         delta = self.mean_delta()
         if self._c is None or self._dc_sum is None:
             raise RuntimeError("finalize() called before any update was accumulated")
-        dc_sum, n = self._dc_sum, len(self.parties)
-        self._c = {k: c + dc_sum[k].to(c.device) / n for k, c in self._c.items()}
+        dc_mean, self._dc_sum = sum_as_float32(self._dc_sum, len(self.parties)), None
+        self._c = {k: c + dc_mean[k].to(c.device) for k, c in self._c.items()}
         return apply_delta(self._global, delta, scale=self.params.global_lr)
 
     def state_dict(self) -> dict[str, Any]:

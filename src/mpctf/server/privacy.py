@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mpctf.aggregation import Strategy
+from mpctf.aggregation.base import sum_as_float32, weighted_sum_into
 from mpctf.config import RunConfig
 from mpctf.data.chunking import PartyPlan
 from mpctf.errors import FederationError, UpdateRejected
@@ -289,8 +290,6 @@ class ServerPrivacy:
 
     def receive_plain(self, update: Update) -> None:
         """Central client DP: fold one clipped update into the round's plain sum (uniform weights)."""
-        from mpctf.aggregation.base import weighted_sum_into
-
         state = self._require_round()
         state.plain_sum = weighted_sum_into(state.plain_sum, update.tensors, 1.0)
         state.unclipped += update.metrics.get("dp_unclipped", 0.0)
@@ -318,7 +317,7 @@ class ServerPrivacy:
             total = self._he_mean(round_num, backend)
         else:
             assert state.plain_sum is not None  # the loop finishes a round only after an accepted update
-            total = state.plain_sum
+            total = sum_as_float32(state.plain_sum)
         mean = self._mean(total)
         metrics: dict[str, Any] = {}
         if self.accountant is not None:
