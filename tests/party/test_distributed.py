@@ -132,7 +132,10 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
             worker = PartyWorker(load_config(tiny_config_dict(__import__("pathlib").Path({str(tmp_path)!r}),
                 **{{"training.processes_per_party": 2, "training.threads": 1}})), "alice")
             print("ready", flush=True)
-            time.sleep(600)
+            # Idle the way a party worker does, waking often: Ctrl-C may be handed to one of gloo's threads,
+            # and then only a main thread that runs Python again sees it (one long sleep would not).
+            while True:
+                time.sleep(0.2)
             """
         )
     )

@@ -21,7 +21,7 @@ process-wide default group of ``init_process_group``; each party builds its own 
 ``TCPStore``. Backends: gloo on CPU, NCCL on CUDA (rank ``r`` uses ``cuda:r``, with bf16 autocast).
 
 Teardown. The helpers die with rank 0 whatever ends it: :meth:`PartyRanks.close` (atexit, and ``mpctf.run``'s
-``finally``) sends a stop message or kills them, the Linux parent-death signal covers a killed rank 0, they share
+``finally``) signals them, the Linux parent-death signal covers a killed rank 0, they share
 rank 0's process group (``mpctf launch`` stops whole groups) and a broken connection ends their collectives.
 """
 
@@ -39,7 +39,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -193,7 +192,6 @@ class PartyRanks:
         self.store = dist.TCPStore(_HOST, 0, world, True, wait_for_workers=False)
         self.logs: list[Any] = []
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._busy = False
         self.failed = ""
         text = dump_config(config)
         atexit.register(self.close)
@@ -240,16 +238,14 @@ class PartyRanks:
         then yield rank 0's shard to train with. A round that fails part-way leaves the ranks out of step, so it
         stops them: the party's later rounds fail with that reason instead of hanging."""
         self._check_alive()
-        self._busy = True
         try:
-            self.shard.broadcast_object({"op": "train", **plan})
+            self.shard.broadcast_object(plan)
             self.shard.broadcast_tensors(params)
             yield self.shard
         except BaseException as exc:
             self.failed = f"a round failed part-way ({type(exc).__name__}: {exc})"
             self.close()
             raise
-        self._busy = False
 
     def _check_alive(self) -> None:
         if self.failed:
@@ -259,39 +255,29 @@ class PartyRanks:
                 raise LaunchError(f"party {self.party!r}: rank {rank} has exited: {self._last_line(rank)}")
 
     def close(self) -> None:
-        """Stop every other rank: a stop message when they are idle, then SIGTERM, then SIGKILL."""
+        """Stop every other rank: SIGTERM, then SIGKILL after a grace period.
+
+        No cooperative stop message: Ctrl-C reaches the whole group, so the ranks may be dying already, and a
+        collective they never join would keep rank 0 waiting. The ranks hold nothing that a signal loses; the
+        run's state lives in rank 0.
+        """
         procs, self.procs = self.procs, []
         if not procs:
             return
         atexit.unregister(self.close)
-        if not self._busy and hasattr(self, "shard") and all(p.poll() is None for p in procs):
-            # A rank that is itself dying (Ctrl-C reaches the whole group) may never take the message, and a
-            # collective has no timeout of its own shorter than the round's: send it from a thread we stop
-            # waiting for, then fall back to signals.
-            def say_stop() -> None:
-                with contextlib.suppress(Exception):
-                    self.shard.broadcast_object({"op": "stop"})
-
-            sender = threading.Thread(target=say_stop, daemon=True)
-            sender.start()
-            sender.join(timeout=5.0)
-        _stop(procs, grace_s=5.0)
+        deadline = time.monotonic() + 5.0
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(sig)
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if all(p.poll() is not None for p in procs):
+                break
+            deadline = time.monotonic() + 5.0
         for log in self.logs:
             log.close()
-
-
-def _stop(procs: Sequence[subprocess.Popen[bytes]], *, grace_s: float) -> None:
-    deadline = time.monotonic() + grace_s
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        for p in procs:
-            if sig is not None and p.poll() is None:
-                p.send_signal(sig)
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        if all(p.poll() is not None for p in procs):
-            return
-        deadline = time.monotonic() + grace_s
 
 
 # --- ranks 1..N-1 -------------------------------------------------------------------------------
@@ -306,7 +292,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def serve_rank(config: RunConfig, party: str, rank: int, world: int, port: int, use_cuda: bool) -> None:
-    """Load the model and the party's data, join the group, then train whatever rank 0 sends until ``stop``."""
+    """Load the model and the party's data, join the group, then train whatever rank 0 sends until stopped."""
     from mpctf.data.federated import FederatedData
     from mpctf.data.tasks import make_task
     from mpctf.model.bundle import ModelBundle
@@ -323,8 +309,6 @@ def serve_rank(config: RunConfig, party: str, rank: int, world: int, port: int, 
     shard = join_group(store, rank, world, device, config.federation.round_timeout_s)
     while True:
         msg = shard.broadcast_object()
-        if msg["op"] == "stop":
-            return
         hooks = msg["hooks"]
         bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
         shard.broadcast_tensors(bundle.mode.trainable_parameters(bundle.model))

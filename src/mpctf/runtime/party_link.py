@@ -104,7 +104,14 @@ def serve(
             _write_atomically(ready_file, json.dumps({"address": address, "pid": os.getpid()}))
         log.info("party worker ready on %s (pid %d)", address, os.getpid())
         while True:
-            _answer(handler, *requests.get())
+            # Wake up now and then: a signal (Ctrl-C, SIGTERM with a handler) that the kernel hands to one of the
+            # threads torch or gloo started only sets a flag, which the main thread reads when it next runs
+            # Python; blocked in get() for good, it would ignore the signal until a request came.
+            try:
+                conn, body = requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            _answer(handler, conn, body)
 
 
 def _exit_with_parent(parent: int) -> None:
