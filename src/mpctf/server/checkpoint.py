@@ -24,6 +24,9 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     #: The privacy ledger and adaptive clip norm (``None`` when client DP and hidden aggregation are off).
     privacy_state: dict[str, Any] | None = None
+    #: The round's metrics record (scores, cumulative bytes), so a resume can restore the byte counters and
+    #: write the record if the server died between saving the checkpoint and logging the round.
+    record: dict[str, Any] | None = None
 
 
 def round_dir(run_dir: Path, round_num: int) -> Path:
@@ -42,6 +45,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, bundle: ModelBundle) -> Pat
             "global_state": ckpt.global_state,
             "strategy": ckpt.strategy_state,
             "privacy": ckpt.privacy_state,
+            "record": ckpt.record,
         },
         tmp,
     )
@@ -65,4 +69,5 @@ def load_latest(run_dir: Path) -> Checkpoint | None:
         global_state=data["global_state"],
         strategy_state=data["strategy"],
         privacy_state=data.get("privacy"),
+        record=data.get("record"),
     )

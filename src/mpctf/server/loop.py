@@ -30,7 +30,7 @@ from mpctf.errors import ConfigError, FederationError, UpdateRejected
 from mpctf.messages import NamedTensors, RoundTask, Update, unpack
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.planning import make_plans
-from mpctf.report.metrics import MetricsLog, Record
+from mpctf.report.metrics import MetricsLog, Record, read_metrics
 from mpctf.runtime.base import Backend, PartyReply
 from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
 from mpctf.server.evaluate import Evaluator
@@ -203,6 +203,17 @@ class RoundLoop:
         }
 
     # --- the run ---------------------------------------------------------------------------------
+    def _restore_record(self, ckpt: Checkpoint) -> None:
+        """Carry the byte counters over from the checkpointed round, and log that round if the server died
+        after saving its checkpoint but before writing its record."""
+        if ckpt.record is None:  # a checkpoint written before records were kept in it
+            return
+        for key in self.cumulative:
+            self.cumulative[key] = int(ckpt.record.get(f"cumulative_{key}", 0))
+        logged = read_metrics(self.log.path) if self.log.path.is_file() else []
+        if not any(r["event"] == "round" and r.get("round") == ckpt.round for r in logged):
+            self.log.write("round", **ckpt.record, recovered_from_checkpoint=True)
+
     def run(self, *, resume: bool = False) -> RunResult:
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         result = RunResult(self.run_dir)
@@ -227,6 +238,7 @@ class RoundLoop:
             if self.privacy is not None:
                 self.privacy.load_state_dict(ckpt.privacy_state)
             start = ckpt.round + 1
+            self._restore_record(ckpt)
         stopped = None
         for round_num in range(start, self.config.federation.rounds + 1):
             if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num)):
@@ -237,24 +249,20 @@ class RoundLoop:
             train_done = time.perf_counter()
             scores = self.evaluate(state)
             privacy_state = self.privacy.state_dict() if self.privacy is not None else None
+            record = {
+                "round": round_num,
+                **scores,
+                "seconds": time.perf_counter() - began,
+                "train_phase_seconds": train_done - began,
+                **{f"cumulative_{k}": v for k, v in self.cumulative.items()},
+                **(self.privacy.last_metrics if self.privacy is not None else {}),
+            }
             save_checkpoint(
                 self.run_dir,
-                Checkpoint(round_num, state, self.strategy.state_dict(), privacy_state),
+                Checkpoint(round_num, state, self.strategy.state_dict(), privacy_state, record),
                 self.bundle,
             )
-            result.rounds.append(
-                self.log.write(
-                    "round",
-                    round=round_num,
-                    **scores,
-                    seconds=time.perf_counter() - began,
-                    train_phase_seconds=train_done - began,
-                    cumulative_bytes_down=self.cumulative["bytes_down"],
-                    cumulative_bytes_up=self.cumulative["bytes_up"],
-                    cumulative_bytes_up_fp32=self.cumulative["bytes_up_fp32"],
-                    **(self.privacy.last_metrics if self.privacy is not None else {}),
-                )
-            )
+            result.rounds.append(self.log.write("round", **record))
         self.log.write(
             "run_end",
             rounds=self.config.federation.rounds,
