@@ -33,6 +33,7 @@ CHAINS: dict[str, list[StageSpec]] = {
     "4bit": [("int4", None)],
     "zstd": [("zstd", None)],
     "int8+zstd": [("int8", None), ("zstd", None)],
+    "4bit b256+zstd": [("int4", {"block_size": 256}), ("zstd", None)],
     "topk 1%": [("topk", {"fraction": 0.01})],
     "topk 1%+int8+zstd": [("topk", {"fraction": 0.01}), ("int8", None), ("zstd", None)],
 }

@@ -40,6 +40,7 @@ CHAINS: dict[str, list[dict[str, Any]]] = {
     "fp16": [{"name": "fp16"}],
     "int8": [{"name": "int8"}],
     "int4": [{"name": "int4"}],
+    "int4 (block 256) + zstd": [{"name": "int4", "block_size": 256}, {"name": "zstd"}],
     "topk 1% + int8 + zstd": [{"name": "topk", "fraction": 0.01}, {"name": "int8"}, {"name": "zstd"}],
 }
 

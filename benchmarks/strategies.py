@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attack-parties", type=int, default=7, help="attack part: parties, two of them malicious"
     )
     ap.add_argument("--attacks", default="sign_flip,scale")
+    ap.add_argument(
+        "--robust", default=",".join(ROBUST), help="attack part: strategies to compare (default: %(default)s)"
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench-strategies"))
     return ap.parse_args(argv)
 
@@ -104,6 +107,9 @@ def table_rows(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = pick_budget(args)
+    unknown = [n for n in args.robust.split(",") if n not in ROBUST]
+    if unknown:
+        raise SystemExit(f"--robust: unknown strategy {unknown[0]!r}; known: {', '.join(ROBUST)}")
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
     args.out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             outcomes.setdefault("fedavg, no attack", []).append(clean)
             bound = honest_norm(clean)
             for attack in args.attacks.split(","):
-                for name in ROBUST:
+                for name in args.robust.split(","):
                     spec = strategy_spec(name, n, bound)
                     if name in ("krum", "multikrum"):
                         spec["f"] = 2

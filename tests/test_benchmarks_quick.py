@@ -64,7 +64,7 @@ def test_communication_quick(tmp_path: Path) -> None:
 def test_strategies_quick(tmp_path: Path) -> None:
     text = run_benchmark(
         "strategies.py", tmp_path, "--strategies", "fedavg", "--parties", "3",
-        "--attack-parties", "7", "--attacks", "sign_flip",
+        "--attack-parties", "7", "--attacks", "sign_flip", "--robust", "fedavg,krum",
     )  # fmt: skip
     assert "| fedavg, no attack |" in text and "| krum, sign_flip |" in text
     assert (tmp_path / "accuracy_attack.png").stat().st_size > 0
