@@ -13,6 +13,7 @@ against the uncompressed run. Writes ``results.md``, ``results.csv``, ``curves.j
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     outcomes: dict[str, list[RunOutcome]] = {}
     for seed in range(args.seeds):
         for label in names:
-            tag = f"{label.replace(' ', '').replace('%', 'pct').replace('+', '-')}-s{seed}"
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace("%", "pct")).strip("-")
+            tag = f"{slug}-s{seed}"
             cfg = base_config(
                 budget,
                 name=f"comm-{tag}",
