@@ -203,16 +203,17 @@ class RoundLoop:
         }
 
     # --- the run ---------------------------------------------------------------------------------
-    def _restore_record(self, ckpt: Checkpoint) -> None:
-        """Carry the byte counters over from the checkpointed round, and log that round if the server died
-        after saving its checkpoint but before writing its record."""
+    def _restore_record(self, ckpt: Checkpoint) -> Record | None:
+        """Carry the byte counters over from the checkpointed round; log that round (and return its record) if
+        the server died after saving its checkpoint but before writing its record."""
         if ckpt.record is None:  # a checkpoint written before records were kept in it
-            return
+            return None
         for key in self.cumulative:
             self.cumulative[key] = int(ckpt.record.get(f"cumulative_{key}", 0))
         logged = read_metrics(self.log.path) if self.log.path.is_file() else []
-        if not any(r["event"] == "round" and r.get("round") == ckpt.round for r in logged):
-            self.log.write("round", **ckpt.record, recovered_from_checkpoint=True)
+        if any(r["event"] == "round" and r.get("round") == ckpt.round for r in logged):
+            return None
+        return self.log.write("round", **ckpt.record, recovered_from_checkpoint=True)
 
     def run(self, *, resume: bool = False) -> RunResult:
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
@@ -238,7 +239,8 @@ class RoundLoop:
             if self.privacy is not None:
                 self.privacy.load_state_dict(ckpt.privacy_state)
             start = ckpt.round + 1
-            self._restore_record(ckpt)
+            if (recovered := self._restore_record(ckpt)) is not None:
+                result.rounds.append(recovered)  # as the Flower and worker launchers report it from the log
         stopped = None
         for round_num in range(start, self.config.federation.rounds + 1):
             if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num)):
