@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,25 +117,22 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-@pytest.mark.slow
-@pytest.mark.flower
-def test_party_in_another_network_namespace_trains_over_tls(tmp_path: Path, fake_host: str) -> None:
+def _sshd() -> str | None:
+    return shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+
+
+def _run_with_remote_bob(tmp_path: Path, address: str, work_dir: str, home: Path) -> None:
+    """Two rounds with party ``bob`` started over SSH at ``address``; checks what reached bob's host."""
     cfg = tiny_config_dict(
         tmp_path, **{"backend.name": "flower", "federation.rounds": 2, "training.threads": 1}
     )
-    work_dir = "party-work"
-    cfg["parties"][1]["host"] = {
-        "address": f"ana@{fake_host}",
-        "work_dir": work_dir,
-        "python": sys.executable,
-    }
+    cfg["parties"][1]["host"] = {"address": address, "work_dir": work_dir, "python": sys.executable}
     run_dir = tmp_path / "run"
     result = run(cfg, run_dir=run_dir)
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
     records = read_metrics(run_dir / "metrics.jsonl")
     bob = [r for r in records if r["event"] == "party_round" and r["party"] == "bob"]
     assert [r["status"] for r in bob] == ["ok", "ok"]
-    home = tmp_path / "hosts" / fake_host / "home" / work_dir
     assert (
         home / "bob.key"
     ).stat().st_mode & 0o077 == 0  # the private key arrived readable by its owner only
@@ -146,11 +145,36 @@ def test_party_in_another_network_namespace_trains_over_tls(tmp_path: Path, fake
 
 @pytest.mark.slow
 @pytest.mark.flower
+def test_party_in_another_network_namespace_trains_over_tls(tmp_path: Path, fake_host: str) -> None:
+    """Through the ssh/scp stand-ins, where no OpenSSH server is installed (otherwise the test below runs)."""
+    if _sshd() is not None:
+        pytest.skip("an OpenSSH server is installed: test_real_sshd_between_namespaces covers this launch")
+    work_dir = "party-work"
+    _run_with_remote_bob(
+        tmp_path, f"ana@{fake_host}", work_dir, tmp_path / "hosts" / fake_host / "home" / work_dir
+    )
+
+
+def _wait_for_port(address: str, port: int, daemon: subprocess.Popen[bytes]) -> None:
+    """A real host's sshd listens before anyone logs in; here it has just been started."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert daemon.poll() is None, f"sshd exited with code {daemon.returncode}"
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"sshd did not listen on {address}:{port} within 20 s")
+
+
+@pytest.mark.slow
+@pytest.mark.flower
 def test_real_sshd_between_namespaces(
     tmp_path: Path, fake_host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same launch through a real OpenSSH server started in the namespace (where one is installed)."""
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    """The launch through a real OpenSSH server started in the host's namespace (where one is installed)."""
+    sshd = _sshd()
     if sshd is None:
         pytest.skip(
             "no OpenSSH server (sshd) installed here; the namespace test with ssh stand-ins covers the launch"
@@ -166,7 +190,7 @@ def test_real_sshd_between_namespaces(
     (keys / "sshd_config").write_text(
         f"HostKey {keys / 'host_key'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile none\n"
         "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\n"
-        "AcceptEnv PYTHONPATH\nSetEnv PATH=" + os.environ["PATH"] + "\n"
+        "AcceptEnv PYTHONPATH\nSubsystem sftp internal-sftp\nSetEnv PATH=" + os.environ["PATH"] + "\n"
     )
     (keys / "ssh_config").write_text(
         f"Host {party_ip}\n  IdentityFile {keys / 'client_key'}\n  StrictHostKeyChecking no\n"
@@ -178,18 +202,14 @@ def test_real_sshd_between_namespaces(
         wrapper.chmod(0o755)
     monkeypatch.setenv(SSH_ENV, str(keys / "ssh"))
     monkeypatch.setenv(SCP_ENV, str(keys / "scp"))
+    Path("/run/sshd").mkdir(
+        mode=0o755, exist_ok=True
+    )  # sshd's privilege-separation folder, made by its service
     daemon = subprocess.Popen(["ip", "netns", "exec", ns, sshd, "-D", "-e", "-f", str(keys / "sshd_config")])
     try:
-        cfg = tiny_config_dict(
-            tmp_path, **{"backend.name": "flower", "federation.rounds": 1, "training.threads": 1}
-        )
-        cfg["parties"][1]["host"] = {
-            "address": f"root@{party_ip}",
-            "work_dir": str(tmp_path / "w"),
-            "python": sys.executable,
-        }
-        result = run(cfg, run_dir=tmp_path / "run")
-        assert [r["round"] for r in result.rounds] == [0, 1]
+        _wait_for_port(party_ip, 22, daemon)
+        work_dir = tmp_path / "bob-work"
+        _run_with_remote_bob(tmp_path, f"root@{party_ip}", str(work_dir), work_dir)
     finally:
         daemon.terminate()
         daemon.wait()
