@@ -58,3 +58,54 @@ def test_heterogeneous_ranks_with_hetlora(tmp_path: Path) -> None:
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     assert all(r["status"] == "ok" for r in records if r["event"] == "party_round")
     assert result.rounds[-1]["eval_loss"] != result.rounds[0]["eval_loss"]
+
+
+def test_flora_server_evaluates_and_exports_the_merged_model(tmp_path: Path) -> None:
+    """FLoRA's global state is each round's stack (rank Σ r_k), merged into the base: the server's scores and the
+    exported checkpoint must be those of ``W₀ + Σ_τ B_τ A_τ``."""
+    from peft import PeftModel
+
+    from mpctf.config import load_config
+    from mpctf.data.federated import FederatedData
+    from mpctf.data.tasks import ClassificationTask
+    from mpctf.errors import ConfigError
+    from mpctf.model.loading import load_model, load_tokenizer
+    from mpctf.server.evaluate import evaluate_examples
+
+    cfg_dict = tiny_config_dict(
+        tmp_path, **{"federation.rounds": 2, "federation.strategy": {"name": "flora"}}
+    )
+    cfg_dict["parties"] = [{"name": "alice", "lora_rank": 2}, {"name": "bob"}]
+    result = mpctf.run(cfg_dict, run_dir=tmp_path / "run")
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    assert all(r["status"] == "ok" for r in records if r["event"] == "party_round")
+    assert result.rounds[-1]["eval_loss"] != result.rounds[0]["eval_loss"]
+
+    ckpt = tmp_path / "run/checkpoints"
+    stacks = [torch.load(ckpt / f"round-000{t}/server_state.pt")["global_state"] for t in (1, 2)]
+    merged = torch.load(ckpt / "round-0002/merged_into_base.pt")
+    rank = 2 + tiny_config_dict(tmp_path)["training"]["lora"]["r"]
+    assert merged and all(s[m + ".lora_A.weight"].shape[0] == rank for s in stacks for m in merged)
+    for m, delta in merged.items():
+        expected = sum(s[m + ".lora_B.weight"] @ s[m + ".lora_A.weight"] for s in stacks)
+        torch.testing.assert_close(delta, expected)
+
+    cfg = load_config(cfg_dict)
+    tokenizer = load_tokenizer(cfg.model.name)
+    base = load_model(cfg.model, seed=cfg.seed, vocab_size=len(tokenizer))
+    model = PeftModel.from_pretrained(base, ckpt / "round-0002/adapter")
+    with torch.no_grad():
+        for m, delta in merged.items():
+            model.get_submodule(m).base_layer.weight.add_(delta)
+    task = ClassificationTask(cfg.task, tokenizer, cfg.training.max_length)
+
+    class Bundle:  # the evaluator only needs these attributes
+        pad_id = tokenizer.pad_token_id
+        device = torch.device("cpu")
+
+    Bundle.model = model
+    scores = evaluate_examples(Bundle, task, task.encode_all(FederatedData(cfg).eval_rows(), "eval"), 20)  # type: ignore[arg-type]
+    assert scores["eval_loss"] == pytest.approx(result.rounds[-1]["eval_loss"], rel=1e-4)
+
+    with pytest.raises(ConfigError, match="flora cannot resume"):
+        mpctf.run(cfg_dict, run_dir=tmp_path / "run", resume=True)

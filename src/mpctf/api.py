@@ -28,20 +28,25 @@ def run_local(
     config: RunConfig, run_dir: Path, *, resume: bool, listeners: list[Callable[[Record], None]]
 ) -> RunResult:
     """All parties in this process, sharing one loaded model (each loads the global state before training)."""
+    from mpctf.aggregation import STRATEGIES
+    from mpctf.config import resolve_spec
     from mpctf.model.bundle import ModelBundle
     from mpctf.party.worker import PartyWorker
     from mpctf.runtime.local import LocalBackend
     from mpctf.server.loop import RoundLoop
 
     server = ModelBundle.load(config)
-    # Parties with the same training settings share one loaded model (a heterogeneous rank needs its own).
-    bundles = {config.training.model_dump_json(): server}
+    # Parties with the same training settings share one loaded model (a heterogeneous rank needs its own), unless
+    # the strategy has every party add the global adapter into its own base weights: each then needs its own base.
+    strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
+    shared = not strategy_cls.merges_into_base
+    bundles = {config.training.model_dump_json(): server} if shared else {}
     workers: list[PartyWorker] = []
     # Success, an error and Ctrl-C all stop the parties' extra training processes (processes_per_party > 1).
     try:
         for party in config.party_names:
             training = config.party_training(party)
-            key = training.model_dump_json()
+            key = training.model_dump_json() if shared else party
             if key not in bundles:
                 bundles[key] = ModelBundle.load(config, training)
             workers.append(PartyWorker(config, party, bundle=bundles[key]))

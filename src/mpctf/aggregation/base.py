@@ -75,6 +75,10 @@ class Strategy(ABC):
     registered_name: ClassVar[str]
     #: True when the strategy must see every update before combining them (memory O(parties × model)).
     buffers_updates: ClassVar[bool] = False
+    #: True when the global LoRA factors are added into the base weights each round instead of being the
+    #: adapter (flora): the server must merge them into its own model too, and a run cannot resume, since a
+    #: restarted party's base no longer holds the earlier rounds.
+    merges_into_base: ClassVar[bool] = False
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

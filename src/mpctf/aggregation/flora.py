@@ -78,6 +78,7 @@ class Flora(FedAvg):
     Params = FloraParams
     params: FloraParams
     buffers_updates = True
+    merges_into_base = True
     _lora: LoraParties | None = None
     _first_round: int | None = None
 

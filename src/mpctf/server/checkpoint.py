@@ -33,11 +33,27 @@ def round_dir(run_dir: Path, round_num: int) -> Path:
     return run_dir / "checkpoints" / f"round-{round_num:04d}"
 
 
-def save_checkpoint(run_dir: Path, ckpt: Checkpoint, bundle: ModelBundle) -> Path:
-    """Write the round's checkpoint, then point ``checkpoints/latest.json`` at it."""
+def save_checkpoint(
+    run_dir: Path,
+    ckpt: Checkpoint,
+    bundle: ModelBundle,
+    *,
+    model_state: NamedTensors | None = None,
+    merged_into_base: NamedTensors | None = None,
+) -> Path:
+    """Write the round's checkpoint, then point ``checkpoints/latest.json`` at it.
+
+    ``model_state`` is what the exported adapter holds when the global state is not model-shaped (a strategy
+    that merges into the base); ``merged_into_base`` (``module path -> ΔW``, saved as ``merged_into_base.pt``)
+    is then what was added to each module's base weight, so the trained model is the base plus those plus the
+    adapter."""
     folder = round_dir(run_dir, ckpt.round)
     folder.mkdir(parents=True, exist_ok=True)
-    bundle.mode.save(bundle.model, ckpt.global_state, folder / "adapter")
+    bundle.mode.save(
+        bundle.model, ckpt.global_state if model_state is None else model_state, folder / "adapter"
+    )
+    if merged_into_base is not None:
+        torch.save(merged_into_base, folder / "merged_into_base.pt")
     tmp = folder / "server_state.pt.tmp"
     torch.save(
         {

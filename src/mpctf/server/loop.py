@@ -34,6 +34,7 @@ from mpctf.report.metrics import MetricsLog, Record, read_metrics
 from mpctf.runtime.base import Backend, PartyReply
 from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
 from mpctf.server.evaluate import Evaluator
+from mpctf.server.merged_base import MergedBase
 from mpctf.server.privacy import ServerPrivacy
 
 log = logging.getLogger("mpctf.server")
@@ -91,6 +92,7 @@ class RoundLoop:
         task = make_task(config, self.bundle.tokenizer)
         eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
         self.evaluate = Evaluator(self.bundle, task, eval_examples, config.data.eval.batch_size)
+        self.merged_base = MergedBase(self.bundle) if self.strategy.merges_into_base else None
         self.uplink = chain_from_specs(config.communication.uplink)
         self.downlink = chain_from_specs(config.communication.downlink)
         #: Downlink codec state per party (e.g. a top-k residual on what that party was sent).
@@ -234,6 +236,11 @@ class RoundLoop:
             result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
             start = 1
         else:
+            if self.merged_base is not None:
+                raise ConfigError(
+                    f"federation.strategy {self.strategy.registered_name} cannot resume a run: every party adds "
+                    "each round's global adapter into its own base weights, which a restarted party has lost"
+                )
             state = ckpt.global_state
             self.strategy.load_state_dict(ckpt.strategy_state)
             if self.privacy is not None:
@@ -249,7 +256,8 @@ class RoundLoop:
             began = time.perf_counter()
             state = self.run_round(round_num, state, plans)
             train_done = time.perf_counter()
-            scores = self.evaluate(state)
+            model_state = self.merged_base.absorb(state) if self.merged_base is not None else state
+            scores = self.evaluate(model_state)
             privacy_state = self.privacy.state_dict() if self.privacy is not None else None
             record = {
                 "round": round_num,
@@ -263,6 +271,8 @@ class RoundLoop:
                 self.run_dir,
                 Checkpoint(round_num, state, self.strategy.state_dict(), privacy_state, record),
                 self.bundle,
+                model_state=model_state,
+                merged_into_base=self.merged_base.delta if self.merged_base is not None else None,
             )
             result.rounds.append(self.log.write("round", **record))
         self.log.write(
