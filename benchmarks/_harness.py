@@ -153,6 +153,7 @@ class RunOutcome:
     bytes_up_fp32: int
     peak_mem_bytes: int
     party_rounds: list[dict[str, Any]] = field(default_factory=list)
+    eval_loss_per_round: list[float] = field(default_factory=list)
 
     @property
     def final_accuracy(self) -> float:
@@ -182,6 +183,7 @@ def _child(config: dict[str, Any], run_dir: str, queue: Any) -> None:
         queue.put(
             {
                 "accuracy_per_round": [float(r["accuracy"]) for r in result.rounds],
+                "eval_loss_per_round": [float(r["eval_loss"]) for r in result.rounds],
                 "seconds": seconds,
                 "bytes_up": int(last.get("cumulative_bytes_up", 0)),
                 "bytes_down": int(last.get("cumulative_bytes_down", 0)),

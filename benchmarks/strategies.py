@@ -83,7 +83,8 @@ def table_rows(
     for label, outs in outcomes.items():
         acc = [o.final_accuracy for o in outs]
         best = [max(o.accuracy_per_round) for o in outs]
-        row = [label, fmt_ms(acc), fmt_ms(best), fmt_ms([o.seconds for o in outs], 1.0, 0)]
+        loss = [o.eval_loss_per_round[-1] for o in outs]
+        row = [label, fmt_ms(acc), fmt_ms(best), fmt_ms(loss), fmt_ms([o.seconds for o in outs], 1.0, 0)]
         if reference is not None:
             row.append(
                 fmt_ms([100 * (r.final_accuracy - a) for r, a in zip(reference, acc, strict=True)], 1.0, 1)
@@ -95,6 +96,9 @@ def table_rows(
                 "final_accuracy": ";".join(f"{a:.4f}" for a in acc),
                 "accuracy_per_round": ";".join(
                     "/".join(f"{a:.4f}" for a in o.accuracy_per_round) for o in outs
+                ),
+                "eval_loss_per_round": ";".join(
+                    "/".join(f"{v:.4f}" for v in o.eval_loss_per_round) for o in outs
                 ),
                 "seconds": ";".join(f"{o.seconds:.1f}" for o in outs),
                 "bytes_moved": ";".join(str(o.bytes_moved) for o in outs),
@@ -135,12 +139,18 @@ def main(argv: list[str] | None = None) -> None:
                 outcomes.setdefault(name, []).append(outcome)
                 if name == "fedavg":
                     fedavg_norm = honest_norm(outcome)
-                print(f"clean {name} seed {seed}: {outcome.accuracy_per_round}", flush=True)
+                print(
+                    f"clean {name} seed {seed}: {outcome.accuracy_per_round} {outcome.eval_loss_per_round}",
+                    flush=True,
+                )
         rows, csv_rows = table_rows(outcomes, None)
         lines += [
             f"### Every strategy, movie split, {args.parties} parties, {args.seeds} seed(s)",
             "",
-            markdown_table(["strategy", "final accuracy", "best round's accuracy", "wall time (s)"], rows),
+            markdown_table(
+                ["strategy", "final accuracy", "best round's accuracy", "final eval loss", "wall time (s)"],
+                rows,
+            ),
             "",
         ]
         csv_all += [{"part": "clean", **r} for r in csv_rows]
@@ -173,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
                         party["attack"] = ATTACKS[attack]
                     outcome = run_isolated(cfg, runs / f"attack-{attack}-{name}-s{seed}")
                     outcomes.setdefault(f"{name}, {attack}", []).append(outcome)
-                    print(f"{attack} {name} seed {seed}: {outcome.accuracy_per_round}", flush=True)
+                    print(
+                        f"{attack} {name} seed {seed}: {outcome.accuracy_per_round} {outcome.eval_loss_per_round}",
+                        flush=True,
+                    )
         rows, csv_rows = table_rows(outcomes, outcomes["fedavg, no attack"])
         lines += [
             f"### Two malicious parties of {n}, movie split, {args.seeds} seed(s)",
@@ -183,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                     "strategy, attack",
                     "final accuracy",
                     "best round's accuracy",
+                    "final eval loss",
                     "wall time (s)",
                     "points lost vs attack-free FedAvg",
                 ],
