@@ -13,7 +13,7 @@ from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.report.metrics import read_metrics
 from mpctf.runtime.local import LocalBackend
-from mpctf.server.loop import RoundLoop, select_parties
+from mpctf.server.loop import RoundLoop, max_reply_bytes, select_parties
 from support import tiny_config_dict
 
 
@@ -72,6 +72,33 @@ def test_corrupt_update_is_rejected_and_round_goes_on(tmp_path: Path, bundle: Mo
     final = torch.load(tmp_path / "run/checkpoints/round-0001/server_state.pt")["global_state"]
     key = next(iter(initial))
     assert torch.allclose(final[key], initial[key] + 1.0, atol=1e-5)
+
+
+def test_oversized_reply_is_rejected_on_any_backend(tmp_path: Path, bundle: ModelBundle) -> None:
+    """The size limit holds where the transport cannot refuse unread (local, Flower): 16 bytes per value + 16 MiB."""
+    values = sum(t.numel() for t in bundle.mode.get_state(bundle.model).values())
+    limit = 16 * values + 16 * 2**20
+
+    def oversized(payload: bytes) -> bytes:
+        if RoundTask.from_bytes(payload).instructions["op"] == "describe":
+            return scripted("bob", 0, 1)(payload)
+        return bytes(limit + 1)
+
+    handlers = {"alice": scripted("alice", 1.0, 1), "bob": oversized}
+    _loop(tmp_path, bundle, handlers, **{"federation.rounds": 1}).run()
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    bob = next(r for r in records if r["event"] == "party_round" and r["party"] == "bob")
+    assert bob["status"] == "rejected"
+    assert bob["reason"] == f"reply of {limit + 1} bytes is larger than the limit of {limit}"
+
+
+def test_encrypted_replies_may_be_as_large_as_their_ciphertexts(tmp_path: Path) -> None:
+    plain = load_config(tiny_config_dict(tmp_path))
+    he = load_config(tiny_config_dict(tmp_path, privacy={"homomorphic_encryption": {}}))
+    state = {"w": torch.zeros(1000)}
+    assert max_reply_bytes(plain, state) == 16 * 1000 + 16 * 2**20
+    # degree 8192, 4 primes: 2 polynomials x 8192 coefficients x 4 primes x 8 bytes per 4096 values
+    assert max_reply_bytes(he, state) == 128 * 1000 + 16 * 2**20
 
 
 def test_crashing_party_is_recorded_and_min_parties_enforced(tmp_path: Path, bundle: ModelBundle) -> None:

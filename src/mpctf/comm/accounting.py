@@ -14,3 +14,16 @@ def fp32_bytes(tensors: NamedTensors) -> int:
 def tensor_bytes(tensors: NamedTensors) -> int:
     """Bytes of the tensors' data in their own dtypes, without any container overhead."""
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+#: A plain reply holds at most the update (the state's size, dense, fp32 or smaller; masked integers) and an
+#: algorithm's extra of the same size (SCAFFOLD's control delta): 8 bytes per value of the state, doubled for
+#: headroom, plus a header within the slack. Anything larger is refused (unread, where the transport allows).
+REPLY_BYTES_PER_VALUE = 16
+REPLY_SLACK_BYTES = 16 * 2**20
+
+
+def reply_limit(num_values: int, bytes_per_value: int = REPLY_BYTES_PER_VALUE) -> int:
+    """The largest reply a party may send for a state of ``num_values`` values (encrypted replies pass the
+    ciphertext's own ``bytes_per_value``)."""
+    return max(bytes_per_value, REPLY_BYTES_PER_VALUE) * num_values + REPLY_SLACK_BYTES

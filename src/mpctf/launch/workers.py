@@ -29,11 +29,6 @@ from mpctf.server.loop import RunResult
 HANDLER_FACTORY = "mpctf.party.worker:make_handler"
 #: Restarts of one party's worker in one launch; a party that keeps dying is then left out with a warning.
 MAX_RESTARTS = 5
-#: The largest reply accepted from a party, as a multiple of the global trainable state in fp32. A reply holds
-#: at most the update (the state's size, dense) and an algorithm's extra of the same size (SCAFFOLD's control
-#: delta); the rest is a small header. Anything larger is refused before it is read.
-REPLY_LIMIT_FACTOR = 4
-REPLY_LIMIT_SLACK_BYTES = 16 * 2**20
 
 log = logging.getLogger("mpctf.launch.workers")
 
@@ -95,11 +90,6 @@ class WorkerPool:
         self.group.restart(child.name)
 
 
-def reply_limit(state_fp32_bytes: int) -> int:
-    """The largest reply a party may send for a global state of this many fp32 bytes."""
-    return REPLY_LIMIT_FACTOR * state_fp32_bytes + REPLY_LIMIT_SLACK_BYTES
-
-
 def run_processes(
     config: RunConfig,
     run_dir: Path,
@@ -110,10 +100,9 @@ def run_processes(
     startup_timeout_s: float = 600.0,
 ) -> RunResult:
     """Start one worker per party, run every round from this process, stop the workers whatever happens."""
-    from mpctf.comm import fp32_bytes
     from mpctf.launch.federation import party_threads, prepare_run_dir
     from mpctf.model.bundle import ModelBundle
-    from mpctf.server.loop import RoundLoop
+    from mpctf.server.loop import RoundLoop, max_reply_bytes
 
     config_path = prepare_run_dir(config, run_dir, resume)
     threads = str(party_threads(config, len(config.parties)))
@@ -125,7 +114,7 @@ def run_processes(
         pool = WorkerPool(run_dir, group, parties, handler_factory)
         pool.start_all()  # the workers load their models while this process loads the server's
         bundle = ModelBundle.load(config)
-        limit = reply_limit(fp32_bytes(bundle.mode.get_state(bundle.model)))
+        limit = max_reply_bytes(config, bundle.mode.get_state(bundle.model))
         try:
             pool.wait_ready(startup_timeout_s)
         except LaunchError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from mpctf.aggregation import STRATEGIES, PartySpec, Strategy
 from mpctf.aggregation.validate import validate_update
 from mpctf.comm import chain_from_specs, fp32_bytes
+from mpctf.comm.accounting import reply_limit
 from mpctf.config import RunConfig, TrainingConfig, dump_config, resolve_spec
 from mpctf.data.chunking import PartyDataStats, PartyPlan
 from mpctf.data.federated import FederatedData
@@ -62,6 +63,12 @@ def select_parties(available: list[str], per_round: int | None, seed: int, round
     if per_round is None or per_round >= len(available):
         return sorted(available)
     return sorted(random.Random(f"select:{seed}:{round_num}").sample(sorted(available), per_round))
+
+
+def max_reply_bytes(config: RunConfig, state: NamedTensors) -> int:
+    """The largest reply accepted from a party that was sent ``state`` (an encrypted update is larger)."""
+    he = config.privacy.homomorphic_encryption
+    return reply_limit(sum(t.numel() for t in state.values()), he.max_bytes_per_value if he else 0)
 
 
 class RoundLoop:
@@ -179,6 +186,11 @@ class RoundLoop:
         if reply.payload is None:
             return {**record, "status": "failed", "reason": reply.error}
         try:
+            if len(reply.payload) > (limit := max_reply_bytes(self.config, reference)):
+                # Flower has already received it; refusing it here keeps it from being decoded and aggregated.
+                raise UpdateRejected(
+                    f"reply of {len(reply.payload)} bytes is larger than the limit of {limit}"
+                )
             update = Update.from_bytes(reply.payload)
             if update.party != reply.party or update.round != round_num:
                 raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
