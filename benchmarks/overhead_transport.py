@@ -4,8 +4,11 @@ Starts a real local federation (SuperLink, and per party a worker and a SuperNod
 task and reply are both PAYLOAD bytes (random, so Flower's content-addressed chunks cannot be deduplicated):
 1 KB (a bare instruction), 2 MB (a LoRA adapter's state), 40 MB (a larger adapter). A round is timed from
 ``train_round`` until its last reply. The first round of each size is a warm-up and is not counted.
+``--sizes`` replaces those sizes (``2.2GB`` with one party measures an exchange above 2 GiB, as a full model of
+550 M parameters in fp32 would need). The whole process tree's resident memory is sampled every 0.2 s: the
+peak of its sum and each process kind's own peak are printed, the sum also per GB of payload.
 
-    PYTHONPATH=src python benchmarks/overhead_transport.py [--parties 2] [--rounds 3] [--run-dir DIR]
+    PYTHONPATH=src python benchmarks/overhead_transport.py [--parties 2] [--rounds 3] [--sizes 1KB,2MB]
 
 This file is also the handler factory and the driver of the run it starts (imported by the worker and ServerApp
 processes from this folder).
@@ -16,17 +19,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from mpctf.launch.flower_local import launch_flower_local
 from mpctf.launch.flower_services import PartySpec
 from mpctf.runtime.base import Backend, PartyHandler
 
-SIZES = {"1 KB": 1_000, "2 MB": 2_000_000, "40 MB": 40_000_000}
+SIZES = "1KB,2MB,40MB"
+UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+#: Process kinds of a local federation, by what their command line contains (first match wins).
+KINDS = [
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "worker",
+]
+
+
+def parse_sizes(text: str) -> dict[str, int]:
+    """``"1KB,2.2GB"`` -> ``{"1KB": 1000, "2.2GB": 2200000000}``."""
+    sizes = {}
+    for label in text.split(","):
+        match = re.fullmatch(r"([0-9.]+)(KB|MB|GB)", label.strip())
+        if match is None:
+            raise SystemExit(f"--sizes: {label!r} is not a size like 2MB or 2.2GB")
+        sizes[label.strip()] = int(float(match[1]) * UNITS[match[2]])
+    return sizes
+
+
+class TreeMemory(threading.Thread):
+    """Samples the resident memory of this process's descendants until stopped."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.interval_s, self.peak_total = interval_s, 0
+        self.peak_by_kind: dict[str, int] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self._done.wait(self.interval_s):
+            total = 0
+            for proc in me.children(recursive=True):
+                try:
+                    rss, cmd = proc.memory_info().rss, " ".join(proc.cmdline())
+                except psutil.Error:  # ended between listing and reading
+                    continue
+                kind = next((k for k in KINDS if k in cmd), "other")
+                total += rss
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
+            self.peak_total = max(self.peak_total, total)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
 
 
 def make_reverse_handler() -> PartyHandler:
@@ -37,22 +93,34 @@ def make_reverse_handler() -> PartyHandler:
     return lambda payload: payload[::-1]
 
 
+def _is_reversed(reply: bytes | None, task: bytes) -> bool:
+    """Length and sampled positions: a full reversed copy would add one more payload to the server's memory."""
+    if reply is None or len(reply) != len(task):
+        return False
+    n = len(task)
+    return all(reply[i] == task[n - 1 - i] for i in {0, n // 3, n // 2, n - 1} if n)
+
+
 def measure(backend: Backend, settings: dict[str, str]) -> None:
     """Driver: time ``rounds`` + 1 rounds per payload size, write seconds per round to ``out``."""
     parties = backend.party_names()
     rounds = int(settings["rounds"])
     results: dict[str, list[float]] = {}
-    for label, size in SIZES.items():
+    for label, size in parse_sizes(settings["sizes"]).items():
         results[label] = []
         for _ in range(rounds + 1):
             tasks = {p: os.urandom(size) for p in parties}
             started = time.perf_counter()
-            replies = list(backend.train_round(tasks, timeout_s=600))
+            failed = []
+            for r in backend.train_round(tasks, timeout_s=3600):
+                if not _is_reversed(r.payload, tasks[r.party]):
+                    failed.append(f"{r.party}: {r.error or 'wrong reply'}")
+                del r  # one reply at a time: keeping them all would hold a payload per party
             elapsed = time.perf_counter() - started
-            failed = [f"{r.party}: {r.error}" for r in replies if r.payload != tasks[r.party][::-1]]
             if failed:
                 raise RuntimeError(f"{label} round failed: {failed}")
             results[label].append(elapsed)
+            del tasks
     Path(settings["out"]).write_text(json.dumps({"parties": parties, "seconds": results}))
 
 
@@ -60,21 +128,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parties", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default=SIZES, help="payload sizes per party (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path)
     args = parser.parse_args()
+    largest = max(parse_sizes(args.sizes).values())
 
     here = str(Path(__file__).resolve().parent)
     os.environ["PYTHONPATH"] = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="mpctf-overhead-"))
     out = run_dir / "overhead.json"
     started = time.perf_counter()
-    launch_flower_local(
-        run_dir,
-        [PartySpec(f"p{i}") for i in range(args.parties)],
-        "overhead_transport:measure",
-        {"rounds": str(args.rounds), "out": str(out)},
-        handler_factory="overhead_transport:make_reverse_handler",
-    )
+    memory = TreeMemory()
+    memory.start()
+    try:
+        launch_flower_local(
+            run_dir,
+            [PartySpec(f"p{i}") for i in range(args.parties)],
+            "overhead_transport:measure",
+            {"rounds": str(args.rounds), "out": str(out), "sizes": args.sizes},
+            handler_factory="overhead_transport:make_reverse_handler",
+        )
+    finally:
+        memory.stop()
     total = time.perf_counter() - started
     data = json.loads(out.read_text())
     parties = len(data["parties"])
@@ -88,6 +163,14 @@ def main() -> None:
             f"{label:>8}  {statistics.mean(timed):14.2f}  {min(timed):6.2f}  {max(timed):6.2f}  ({seconds[0]:.2f})"
         )
     print(f"whole launch, start to teardown: {total:.1f} s; run directory {run_dir}")
+    gb = 1e9
+    print(
+        f"peak resident memory of the whole federation: {memory.peak_total / gb:.2f} GB = "
+        f"{memory.peak_total / (largest * args.parties):.2f} x the largest payload of all parties "
+        f"({largest * args.parties / gb:.3f} GB per direction)"
+    )
+    for kind, peak in sorted(memory.peak_by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:>18}: peak {peak / gb:.2f} GB")
 
 
 if __name__ == "__main__":
