@@ -272,8 +272,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(path: Path, title: str, curves: dict[str, list[list[float]]]) -> None:
-    """Accuracy per round, one line per method (mean over seeds, shaded ± one standard deviation)."""
+def plot_curves(
+    path: Path, title: str, curves: dict[str, list[list[float]]], ylabel: str = "held-out accuracy"
+) -> None:
+    """A metric per round (accuracy by default), one line per method (mean over seeds, shaded ± one standard
+    deviation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +298,7 @@ def plot_curves(path: Path, title: str, curves: dict[str, list[list[float]]]) ->
             )
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -10,7 +10,8 @@ are malicious, through the simulation-only ``parties[].attack`` hook (see ``mpct
 scenarios: both send their update sign-flipped and amplified (``sign_flip``, ×4), or both amplify it (``scale``,
 ×20). FedAvg is compared with ``krum`` (f=2), ``median``, ``trimmed_mean`` (β=0.3, so 2 of 7 are trimmed per
 side) and ``norm_bounded`` (``max_norm`` = the median honest update norm of an attack-free FedAvg run, measured
-first). Writes ``results.md``, ``results.csv``, ``curves.json`` and ``accuracy_<part>.png`` into ``--out``.
+first). Writes ``results.md``, ``results.csv``, ``curves.json``, ``accuracy_<part>.png`` and
+``eval_loss_<part>.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,18 @@ def table_rows(
     return rows, csv_rows
 
 
+def plot_part(
+    out: Path, part: str, title: str, outcomes: dict[str, list[RunOutcome]], curves_all: dict[str, Any]
+) -> None:
+    """``accuracy_<part>.png`` and ``eval_loss_<part>.png``; both sets of curves into ``curves_all``."""
+    accuracy = {n: [o.accuracy_per_round for o in outs] for n, outs in outcomes.items()}
+    loss = {n: [o.eval_loss_per_round for o in outs] for n, outs in outcomes.items()}
+    curves_all[part] = accuracy
+    curves_all[f"{part}_eval_loss"] = loss
+    plot_curves(out / f"accuracy_{part}.png", title, accuracy)
+    plot_curves(out / f"eval_loss_{part}.png", title, loss, ylabel="held-out eval loss")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = pick_budget(args)
@@ -154,9 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
         csv_all += [{"part": "clean", **r} for r in csv_rows]
-        curves = {n: [o.accuracy_per_round for o in outs] for n, outs in outcomes.items()}
-        curves_all["clean"] = curves
-        plot_curves(args.out / "accuracy_clean.png", f"strategies, movie split ({budget.model})", curves)
+        plot_part(args.out, "clean", f"strategies, movie split ({budget.model})", outcomes, curves_all)
 
     if args.part in ("attack", "both"):
         n = args.attack_parties
@@ -205,9 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
         csv_all += [{"part": "attack", **r} for r in csv_rows]
-        curves = {n_: [o.accuracy_per_round for o in outs] for n_, outs in outcomes.items()}
-        curves_all["attack"] = curves
-        plot_curves(args.out / "accuracy_attack.png", f"2 malicious of {n} parties ({budget.model})", curves)
+        plot_part(args.out, "attack", f"2 malicious of {n} parties ({budget.model})", outcomes, curves_all)
 
     text = "\n".join(lines)
     print(text)
