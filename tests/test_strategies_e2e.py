@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
         {"name": "fedprox", "mu": 0.1},
         {"name": "ffa_lora"},
         {"name": "median"},
-        {"name": "dynamic"},
+        {"name": "dynamic", "bandwidth_power": 1.0},  # the server measures each party's bandwidth
     ],
     ids=lambda s: s["name"],
 )
@@ -32,6 +32,7 @@ def test_strategy_runs_and_moves_the_model(tmp_path: Path, strategy: dict) -> No
     records = read_metrics(tmp_path / "run/metrics.jsonl")
     assert all(r["status"] == "ok" for r in records if r["event"] == "party_round")
     assert result.rounds[-1]["eval_loss"] != result.rounds[0]["eval_loss"]
+    assert all(r["bandwidth_bps"] > 0 for r in records if r["event"] == "party_round")
 
 
 def test_ffa_lora_keeps_lora_a_frozen(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from mpctf.errors import FederationError
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.report.metrics import read_metrics
+from mpctf.runtime.base import PartyReply
 from mpctf.runtime.local import LocalBackend
-from mpctf.server.loop import RoundLoop, max_reply_bytes, select_parties
+from mpctf.server.loop import RoundLoop, max_reply_bytes, measure_bandwidth, select_parties
 from support import tiny_config_dict
 
 
@@ -99,6 +100,17 @@ def test_encrypted_replies_may_be_as_large_as_their_ciphertexts(tmp_path: Path) 
     assert max_reply_bytes(plain, state) == 16 * 1000 + 16 * 2**20
     # degree 8192, 4 primes: 2 polynomials x 8192 coefficients x 4 primes x 8 bytes per 4096 values
     assert max_reply_bytes(he, state) == 128 * 1000 + 16 * 2**20
+
+
+def test_bandwidth_is_measured_by_the_server_not_taken_from_the_party() -> None:
+    update = Update(
+        "bob", 1, {}, num_samples=1, num_tokens=1, metrics={"party_seconds": 1.5, "bandwidth_bps": 1e12}
+    )
+    measure_bandwidth(update, PartyReply("bob", bytes(3000), seconds=2.0), bytes_down=1000)
+    assert update.metrics["bandwidth_bps"] == 8 * 4000 / 0.5
+    spoofed = Update("bob", 1, {}, num_samples=1, num_tokens=1, metrics={"bandwidth_bps": 1e12})
+    measure_bandwidth(spoofed, PartyReply("bob", bytes(3000), seconds=2.0), bytes_down=1000)
+    assert "bandwidth_bps" not in spoofed.metrics
 
 
 def test_crashing_party_is_recorded_and_min_parties_enforced(tmp_path: Path, bundle: ModelBundle) -> None:

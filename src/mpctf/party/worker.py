@@ -8,6 +8,7 @@ every party's per-round chunk; ``train`` loads the global state, trains on this 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import torch
@@ -81,6 +82,7 @@ class PartyWorker:
         )
 
     def train(self, task: RoundTask) -> Update:
+        began = time.perf_counter()
         plan = PartyPlan(**task.instructions["plan"])
         lengths = [len(e.input_ids) for e in self.examples]
         chosen = chunk_indices(plan, lengths, task.round, self.config.seed)
@@ -133,6 +135,8 @@ class PartyWorker:
             metrics["model_load_seconds"] = bundle.load_seconds
             self._reported_load = True
         extra = hooks.after_training(local, received, stats.steps, train.lr)
+        # What the server subtracts from its round trip to measure this party's link (dynamic weighting).
+        metrics["party_seconds"] = time.perf_counter() - began
         return Update(
             party=self.party,
             round=task.round,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mpctf.aggregation import STRATEGIES, PartySpec, Strategy
+from mpctf.aggregation.dynamic import BANDWIDTH
 from mpctf.aggregation.validate import validate_update
 from mpctf.comm import chain_from_specs, fp32_bytes
 from mpctf.comm.accounting import reply_limit
@@ -69,6 +70,18 @@ def max_reply_bytes(config: RunConfig, state: NamedTensors) -> int:
     """The largest reply accepted from a party that was sent ``state`` (an encrypted update is larger)."""
     he = config.privacy.homomorphic_encryption
     return reply_limit(sum(t.numel() for t in state.values()), he.max_bytes_per_value if he else 0)
+
+
+def measure_bandwidth(update: Update, reply: PartyReply, bytes_down: int) -> None:
+    """Set ``update.metrics["bandwidth_bps"]``: the bits of the task and the reply over the round trip less the
+    party's own time (``party_seconds``). Only the server measures it: a value the party sent is dropped."""
+    update.metrics.pop(BANDWIDTH, None)
+    party_s = update.metrics.get("party_seconds")
+    if party_s is None or reply.payload is None:
+        return
+    # The floor keeps an in-process reply (local backend, microseconds of link) finite.
+    link_s = max(reply.seconds - float(party_s), 1e-3)
+    update.metrics[BANDWIDTH] = 8 * (bytes_down + len(reply.payload)) / link_s
 
 
 class RoundLoop:
@@ -194,6 +207,7 @@ class RoundLoop:
             update = Update.from_bytes(reply.payload)
             if update.party != reply.party or update.round != round_num:
                 raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
+            measure_bandwidth(update, reply, bytes_down)
             if self.privacy is not None and self.privacy.hides_updates:
                 norm, fp32 = None, self.privacy.receive_hidden(update, reference)
             else:
