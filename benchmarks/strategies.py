@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> None:
                     budget, name=f"{name}-s{seed}", seed=seed, num_parties=args.parties, split="movie",
                     out=runs, strategy=spec,
                 )  # fmt: skip
+                if STRATEGIES.get(name).folds_lora_scale:
+                    # The server's adapter holds B·A with the scale folded in (alpha = r); the parties keep the
+                    # scale every other strategy trains with.
+                    lora = cfg["training"]["lora"]
+                    for party in cfg["parties"]:
+                        party["lora_alpha"] = lora["alpha"]
+                    lora["alpha"] = lora["r"]
                 outcome = run_isolated(cfg, runs / f"clean-{name}-s{seed}")
                 outcomes.setdefault(name, []).append(outcome)
                 if name == "fedavg":

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mpctf.config import load_config
-from mpctf.errors import FederationError
+from mpctf.errors import ConfigError, FederationError
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.report.metrics import read_metrics
@@ -100,6 +100,20 @@ def test_encrypted_replies_may_be_as_large_as_their_ciphertexts(tmp_path: Path) 
     assert max_reply_bytes(plain, state) == 16 * 1000 + 16 * 2**20
     # degree 8192, 4 primes: 2 polynomials x 8192 coefficients x 4 primes x 8 bytes per 4096 values
     assert max_reply_bytes(he, state) == 128 * 1000 + 16 * 2**20
+
+
+def test_scale_folding_strategy_needs_a_server_adapter_of_scale_one(
+    tmp_path: Path, bundle: ModelBundle
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"hetlora .* training\.lora\.alpha = training\.lora\.r \(4\), not 16"
+    ):
+        _loop(
+            tmp_path,
+            bundle,
+            {},
+            **{"federation.strategy": {"name": "hetlora"}, "training.lora.r": 4, "training.lora.alpha": 16},
+        )
 
 
 def test_bandwidth_is_measured_by_the_server_not_taken_from_the_party() -> None:

@@ -79,6 +79,9 @@ class Strategy(ABC):
     #: adapter (flora): the server must merge them into its own model too, and a run cannot resume, since a
     #: restarted party's base no longer holds the earlier rounds.
     merges_into_base: ClassVar[bool] = False
+    #: True when the global adapter holds ``ΔW = B A`` with the LoRA scale folded into ``B`` (hetlora,
+    #: flexlora): the server's own adapter must then have ``lora_alpha = r``, or it would apply a scale twice.
+    folds_lora_scale: ClassVar[bool] = False
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

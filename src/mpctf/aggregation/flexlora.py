@@ -43,6 +43,7 @@ class FlexLoRAParams(FedAvgParams):
 
 @STRATEGIES.register("flexlora")
 class FlexLoRA(FedAvg):
+    folds_lora_scale = True
     Params = FlexLoRAParams
     params: FlexLoRAParams
     buffers_updates = True

@@ -37,6 +37,7 @@ from mpctf.messages import NamedTensors, Update
 
 @STRATEGIES.register("hetlora")
 class HetLoRA(FedAvg):
+    folds_lora_scale = True
     _lora: LoraParties | None = None
 
     def configure_parties(self, parties: Mapping[str, PartySpec]) -> None:

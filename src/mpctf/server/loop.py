@@ -108,6 +108,13 @@ class RoundLoop:
             )
         except ValueError as exc:
             raise ConfigError(f"federation.strategy: {exc}") from None
+        lora = config.training.lora
+        if self.strategy.folds_lora_scale and lora.alpha != lora.r:
+            raise ConfigError(
+                f"federation.strategy {self.strategy.registered_name} keeps the global adapter with the LoRA scale "
+                f"folded into B, so the server's adapter needs training.lora.alpha = training.lora.r ({lora.r}), "
+                f"not {lora.alpha:g}; parties keep their own scale with parties[].lora_alpha"
+            )
         self.bundle = bundle if bundle is not None else ModelBundle.load(config)
         task = make_task(config, self.bundle.tokenizer)
         eval_examples = task.encode_all(FederatedData(config).eval_rows(), "evaluation data")
