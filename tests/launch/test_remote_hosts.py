@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -82,15 +83,23 @@ def _netns_usable() -> str | None:
     return None
 
 
-@pytest.fixture
-def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A network namespace ``10.231.X.2`` joined to this one (``10.231.X.1``) as host ``bob-host``."""
-    if (reason := _netns_usable()) is not None:
-        pytest.skip(reason)
+@dataclass(frozen=True)
+class FakeHost:
+    """A host for one party: its name in ``$FAKE_HOSTS``, its namespace (None on loopback) and addresses."""
+
+    name: str
+    netns: str | None
+    server_ip: str  # the server as this host reaches it
+    party_ip: str  # this host's own address
+
+
+def _add_namespace(hosts: Path, name: str, undo: list[list[str]]) -> FakeHost:
+    """Namespace ``10.231.X.2`` joined to this one (``10.231.X.1``) by a veth pair, as host ``name``."""
     tag = uuid.uuid4().hex[:6]
     ns, here, there = f"mpctf-{tag}", f"mv{tag}a", f"mv{tag}b"
     subnet = 10 + int(tag, 16) % 200
     server_ip, party_ip = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+    undo += [["ip", "link", "del", here], ["ip", "netns", "del", ns]]
     steps = [
         ["ip", "netns", "add", ns],
         ["ip", "link", "add", here, "type", "veth", "peer", "name", there],
@@ -101,57 +110,80 @@ def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         ["ip", "netns", "exec", ns, "ip", "link", "set", there, "up"],
         ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"],
     ]
+    for step in steps:
+        subprocess.run(step, check=True, capture_output=True)
+    (hosts / name / "home").mkdir(parents=True)
+    (hosts / name / "netns").write_text(ns)
+    (hosts / name / "client").write_text(server_ip)
+    return FakeHost(name, ns, server_ip, party_ip)
+
+
+@pytest.fixture
+def fake_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FakeHost]]:
+    """One network namespace per party (``alice``, ``bob``), each joined to this one by its own veth pair, with
+    the ssh/scp stand-ins of ``remote_shims/`` (a test may replace them with the real programs)."""
+    if (reason := _netns_usable()) is not None:
+        pytest.skip(f"{reason}; test_parties_on_distinct_loopback_addresses runs instead")
+    hosts, undo = tmp_path / "hosts", []
     try:
-        for step in steps:
-            subprocess.run(step, check=True, capture_output=True)
-        hosts = tmp_path / "hosts"
-        (hosts / "bob-host" / "home").mkdir(parents=True)
-        (hosts / "bob-host" / "netns").write_text(ns)
-        (hosts / "bob-host" / "client").write_text(server_ip)
+        made = {p: _add_namespace(hosts, f"{p}-host", undo) for p in ("alice", "bob")}
         monkeypatch.setenv("FAKE_HOSTS", str(hosts))
         monkeypatch.setenv(SSH_ENV, str(SHIMS / "ssh"))
         monkeypatch.setenv(SCP_ENV, str(SHIMS / "scp"))
-        yield "bob-host"
+        yield made
     finally:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for step in undo:
+            subprocess.run(step, capture_output=True)
 
 
 def _sshd() -> str | None:
     return shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 
 
-def _run_with_remote_bob(tmp_path: Path, address: str, work_dir: str, home: Path) -> None:
-    """Two rounds with party ``bob`` started over SSH at ``address``; checks what reached bob's host."""
+def _run_with_remote_parties(tmp_path: Path, hosts: dict[str, tuple[str, str, Path]]) -> None:
+    """Two rounds with every party started over SSH; ``hosts``: party -> (address, work_dir, its home there).
+    Checks what reached each host and that each party trained in both rounds."""
     cfg = tiny_config_dict(
         tmp_path, **{"backend.name": "flower", "federation.rounds": 2, "training.threads": 1}
     )
-    cfg["parties"][1]["host"] = {"address": address, "work_dir": work_dir, "python": sys.executable}
+    for party in cfg["parties"]:
+        address, work_dir, _ = hosts[party["name"]]
+        party["host"] = {"address": address, "work_dir": work_dir, "python": sys.executable}
     run_dir = tmp_path / "run"
     result = run(cfg, run_dir=run_dir)
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
     records = read_metrics(run_dir / "metrics.jsonl")
-    bob = [r for r in records if r["event"] == "party_round" and r["party"] == "bob"]
-    assert [r["status"] for r in bob] == ["ok", "ok"]
-    assert (
-        home / "bob.key"
-    ).stat().st_mode & 0o077 == 0  # the private key arrived readable by its owner only
-    assert not (home / "alice.key").exists()  # a host gets its own party's key only
-    streamed = (run_dir / "logs" / "remote-bob.log").read_text()
-    assert "party worker ready" in streamed  # the remote worker's log reached the run directory
-    dialed = load_config(home / "config.yaml", party="bob")
-    assert dialed.party("bob").host is not None
+    for party, (_, _, home) in hosts.items():
+        mine = [r for r in records if r["event"] == "party_round" and r["party"] == party]
+        assert [r["status"] for r in mine] == ["ok", "ok"], party
+        assert (
+            home / f"{party}.key"
+        ).stat().st_mode & 0o077 == 0  # the key arrived readable by its owner only
+        assert [k.name for k in home.glob("*.key")] == [
+            f"{party}.key"
+        ]  # a host gets its own party's key only
+        streamed = (run_dir / "logs" / f"remote-{party}.log").read_text()
+        assert "party worker ready" in streamed  # the remote worker's log reached the run directory
+        assert load_config(home / "config.yaml", party=party).party(party).host is not None
 
 
 @pytest.mark.slow
 @pytest.mark.flower
-def test_party_in_another_network_namespace_trains_over_tls(tmp_path: Path, fake_host: str) -> None:
+def test_parties_in_other_network_namespaces_train_over_tls(
+    tmp_path: Path, fake_hosts: dict[str, FakeHost]
+) -> None:
     """Through the ssh/scp stand-ins, where no OpenSSH server is installed (otherwise the test below runs)."""
     if _sshd() is not None:
-        pytest.skip("an OpenSSH server is installed: test_real_sshd_between_namespaces covers this launch")
-    work_dir = "party-work"
-    _run_with_remote_bob(
-        tmp_path, f"ana@{fake_host}", work_dir, tmp_path / "hosts" / fake_host / "home" / work_dir
+        pytest.skip(
+            "an OpenSSH server is installed: test_real_sshd_in_each_party_namespace covers this launch"
+        )
+    root = tmp_path / "hosts"
+    _run_with_remote_parties(
+        tmp_path,
+        {
+            p: (f"ana@{h.name}", "party-work", root / h.name / "home" / "party-work")
+            for p, h in fake_hosts.items()
+        },
     )
 
 
@@ -170,18 +202,15 @@ def _wait_for_port(address: str, port: int, daemon: subprocess.Popen[bytes]) -> 
 
 @pytest.mark.slow
 @pytest.mark.flower
-def test_real_sshd_between_namespaces(
-    tmp_path: Path, fake_host: str, monkeypatch: pytest.MonkeyPatch
+def test_real_sshd_in_each_party_namespace(
+    tmp_path: Path, fake_hosts: dict[str, FakeHost], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The launch through a real OpenSSH server started in the host's namespace (where one is installed)."""
+    """The launch through a real OpenSSH server started in each party's namespace (where one is installed)."""
     sshd = _sshd()
     if sshd is None:
         pytest.skip(
             "no OpenSSH server (sshd) installed here; the namespace test with ssh stand-ins covers the launch"
         )
-    hosts = tmp_path / "hosts" / fake_host
-    ns, server_ip = (hosts / "netns").read_text(), (hosts / "client").read_text()
-    party_ip = server_ip.rsplit(".", 1)[0] + ".2"
     keys = tmp_path / "ssh"
     keys.mkdir(mode=0o700)
     for name in ("host_key", "client_key"):
@@ -193,23 +222,49 @@ def test_real_sshd_between_namespaces(
         "AcceptEnv PYTHONPATH\nSubsystem sftp internal-sftp\nSetEnv PATH=" + os.environ["PATH"] + "\n"
     )
     (keys / "ssh_config").write_text(
-        f"Host {party_ip}\n  IdentityFile {keys / 'client_key'}\n  StrictHostKeyChecking no\n"
-        f"  UserKnownHostsFile {keys / 'known_hosts'}\n  SetEnv PYTHONPATH={os.environ.get('PYTHONPATH', '')}\n"
+        f"Host {' '.join(h.party_ip for h in fake_hosts.values())}\n  IdentityFile {keys / 'client_key'}\n"
+        f"  StrictHostKeyChecking no\n  UserKnownHostsFile {keys / 'known_hosts'}\n"
+        f"  SetEnv PYTHONPATH={os.environ.get('PYTHONPATH', '')}\n"
     )
-    for tool, flag in (("ssh", "-F"), ("scp", "-F")):
+    for tool in ("ssh", "scp"):
         wrapper = keys / tool
-        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(tool)} {flag} {keys / "ssh_config"} "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(tool)} -F {keys / "ssh_config"} "$@"\n')
         wrapper.chmod(0o755)
     monkeypatch.setenv(SSH_ENV, str(keys / "ssh"))
     monkeypatch.setenv(SCP_ENV, str(keys / "scp"))
     Path("/run/sshd").mkdir(
         mode=0o755, exist_ok=True
     )  # sshd's privilege-separation folder, made by its service
-    daemon = subprocess.Popen(["ip", "netns", "exec", ns, sshd, "-D", "-e", "-f", str(keys / "sshd_config")])
+    daemons = []
     try:
-        _wait_for_port(party_ip, 22, daemon)
-        work_dir = tmp_path / "bob-work"
-        _run_with_remote_bob(tmp_path, f"root@{party_ip}", str(work_dir), work_dir)
+        for host in fake_hosts.values():
+            argv = ["ip", "netns", "exec", str(host.netns), sshd, "-D", "-e", "-f", str(keys / "sshd_config")]
+            daemons.append(subprocess.Popen(argv))
+            _wait_for_port(host.party_ip, 22, daemons[-1])
+        work = {p: tmp_path / f"{p}-work" for p in fake_hosts}
+        _run_with_remote_parties(
+            tmp_path, {p: (f"root@{h.party_ip}", str(work[p]), work[p]) for p, h in fake_hosts.items()}
+        )
     finally:
-        daemon.terminate()
-        daemon.wait()
+        for daemon in daemons:
+            daemon.terminate()
+            daemon.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.flower
+def test_parties_on_distinct_loopback_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where network namespaces are not permitted: each party a "host" at its own loopback address
+    (127.0.0.2, 127.0.0.3) through the ssh/scp stand-ins, the server reached at 127.0.0.1."""
+    if _netns_usable() is None and not os.environ.get("MPCTF_TEST_LOOPBACK_HOSTS"):
+        pytest.skip("network namespaces work here: the namespace tests cover this launch")
+    root = tmp_path / "hosts"
+    hosts = {}
+    for party, address in (("alice", "127.0.0.2"), ("bob", "127.0.0.3")):
+        (root / address / "home").mkdir(parents=True)
+        (root / address / "client").write_text("127.0.0.1")
+        hosts[party] = (f"ana@{address}", "party-work", root / address / "home" / "party-work")
+    monkeypatch.setenv("FAKE_HOSTS", str(root))
+    monkeypatch.setenv(SSH_ENV, str(SHIMS / "ssh"))
+    monkeypatch.setenv(SCP_ENV, str(SHIMS / "scp"))
+    _run_with_remote_parties(tmp_path, hosts)
