@@ -108,5 +108,7 @@ def test_flora_server_evaluates_and_exports_the_merged_model(tmp_path: Path) -> 
     scores = evaluate_examples(Bundle, task, task.encode_all(FederatedData(cfg).eval_rows(), "eval"), 20)  # type: ignore[arg-type]
     assert scores["eval_loss"] == pytest.approx(result.rounds[-1]["eval_loss"], rel=1e-4)
 
+    logged = (tmp_path / "run/metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match="flora cannot resume"):
         mpctf.run(cfg_dict, run_dir=tmp_path / "run", resume=True)
+    assert (tmp_path / "run/metrics.jsonl").read_text() == logged  # the refused resume changed nothing

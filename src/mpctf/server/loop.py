@@ -251,6 +251,11 @@ class RoundLoop:
         return self.log.write("round", **ckpt.record, recovered_from_checkpoint=True)
 
     def run(self, *, resume: bool = False) -> RunResult:
+        if resume and self.merged_base is not None:  # refused before anything in the run folder changes
+            raise ConfigError(
+                f"federation.strategy {self.strategy.registered_name} cannot resume a run: every party adds "
+                "each round's global adapter into its own base weights, which a restarted party has lost"
+            )
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         result = RunResult(self.run_dir)
         ckpt = load_latest(self.run_dir) if resume else None
@@ -269,11 +274,6 @@ class RoundLoop:
             result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
             start = 1
         else:
-            if self.merged_base is not None:
-                raise ConfigError(
-                    f"federation.strategy {self.strategy.registered_name} cannot resume a run: every party adds "
-                    "each round's global adapter into its own base weights, which a restarted party has lost"
-                )
             state = ckpt.global_state
             self.strategy.load_state_dict(ckpt.strategy_state)
             if self.privacy is not None:
