@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def test_a_worker_that_fails_to_start_is_a_launch_error(tmp_path: Path) -> None:
             handler_factory="flower_fixtures:no_such_factory",
         )
     message = str(caught.value)
-    assert message.startswith("worker-alice exited with code 1; log ")
+    # Both workers import the same missing factory; whichever exits first is reported.
+    assert re.match(r"worker-(alice|bob) exited with code 1; log ", message), message
     assert "AttributeError" in message
     assert "\n" not in message
     assert left_behind(tmp_path) == []
