@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mpctf.config import dump_config, load_config
@@ -137,6 +138,37 @@ def test_processes_contradicting_gpus_is_an_error(tmp_path: Path) -> None:
         "config key `training`: `processes_per_party` is 2 but `gpus_per_party` is 4; each process trains on "
         "one GPU"
     )
+
+
+def test_fsdp_needs_a_full_model_and_a_process_per_party(tmp_path: Path) -> None:
+    lora = tiny_config_dict(tmp_path, **{"training.sharding": "fsdp", "backend.name": "processes"})
+    assert _errors(lora) == [
+        "config: training.sharding: fsdp shards modes full and pretrain; mode 'lora' trains a small state, use ddp"
+    ]
+    local = tiny_config_dict(tmp_path, **{"training.sharding": "fsdp", "training.mode": "full"})
+    del local["training"]["lora"]
+    assert _errors(local) == [
+        "config: training.sharding: fsdp needs one process per party; set backend.name to processes or flower"
+    ]
+    local["backend"] = {"name": "processes"}
+    assert load_config(local).training.sharding == "fsdp"
+
+
+def test_sharding_defaults_to_fsdp_only_for_full_models_on_gpus_off_the_local_backend(tmp_path: Path) -> None:
+    from mpctf.party.distributed import party_sharding
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    full = tiny_config_dict(tmp_path, **{"training.mode": "full", "backend.name": "flower"})
+    del full["training"]["lora"]
+    assert party_sharding(load_config(full), cuda) == "fsdp"
+    assert party_sharding(load_config(full), cpu) == "ddp"
+    full["backend"] = {"name": "local"}
+    assert party_sharding(load_config(full), cuda) == "ddp"
+    lora = tiny_config_dict(tmp_path, **{"backend.name": "flower"})
+    assert party_sharding(load_config(lora), cuda) == "ddp"
+    full["training"]["sharding"] = "ddp"
+    full["backend"] = {"name": "flower"}
+    assert party_sharding(load_config(full), cuda) == "ddp"
 
 
 def test_dp_sgd_with_several_processes_per_party_is_refused(tmp_path: Path) -> None:

@@ -190,6 +190,11 @@ class TrainingConfig(Strict):
     processes_per_party: PositiveInt = 1
     #: GPUs each party trains on, one process per GPU (so it also sets ``processes_per_party``).
     gpus_per_party: PositiveInt | None = None
+    #: How a party's processes share the model: ``ddp`` (every process holds it whole) or ``fsdp`` (PyTorch
+    #: FSDP2: parameters, gradients and optimizer state sharded over the processes; modes full and pretrain,
+    #: one party per process, so not on the local backend). By default fsdp for full and pretrain on GPUs
+    #: outside the local backend, ddp otherwise.
+    sharding: Literal["ddp", "fsdp"] | None = None
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> TrainingConfig:
@@ -374,6 +379,10 @@ class CommunicationConfig(Strict):
     downlink: list[PluginSpec] = Field(default_factory=list)
 
 
+#: The training modes whose parties can shard the model with FSDP.
+FSDP_MODES = ("full", "pretrain")
+
+
 class BackendConfig(Strict):
     #: ``local``: every party in this process; ``processes``: each party in its own worker process on this host;
     #: ``flower``: Flower's deployment engine (SuperLink and one SuperNode per party).
@@ -416,6 +425,18 @@ class RunConfig(Strict):
             raise ValueError(
                 f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round"
             )
+        if self.training.sharding == "fsdp":
+            if self.training.mode not in FSDP_MODES:
+                raise ValueError(
+                    f"training.sharding: fsdp shards modes {' and '.join(FSDP_MODES)}; mode "
+                    f"{self.training.mode!r} trains a small state, use ddp"
+                )
+            if self.backend.name == "local":
+                # FSDP needs the process-wide default process group, and the local backend hosts every
+                # party in one process.
+                raise ValueError(
+                    "training.sharding: fsdp needs one process per party; set backend.name to processes or flower"
+                )
         return self
 
     @property

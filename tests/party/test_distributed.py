@@ -41,11 +41,14 @@ def _config(tmp_path: Path, processes: int, **overrides: object) -> dict:
 
 
 def _train_once(
-    tmp_path: Path, processes: int, micro_batch: int, mode: str, mu: float | None
+    tmp_path: Path, processes: int, micro_batch: int, mode: str, mu: float | None, sharding: str | None = None
 ) -> tuple[Update, list[int]]:
     """One round of party alice on a chunk of 9 examples in steps of 4: the last step has one example, so with
     two processes rank 0 runs a zero-weight stand-in. With ``mu``, FedProx's proximal term joins the loss."""
-    cfg = _config(tmp_path, processes, **{"training.mode": mode})
+    overrides: dict[str, object] = {"training.mode": mode}
+    if sharding is not None:  # FSDP needs a party to own its process, as on the processes backend
+        overrides |= {"training.sharding": sharding, "backend.name": "processes"}
+    cfg = _config(tmp_path, processes, **overrides)
     if mode != "lora":
         del cfg["training"]["lora"]
     if mu is not None:
@@ -57,9 +60,10 @@ def _train_once(
         plan, rounds_per_epoch=plan.num_samples // 9, micro_batch=micro_batch, grad_accum=4 // micro_batch
     )
     bundle = ModelBundle.load(config)
+    # Read before the worker starts: under FSDP its model then holds only rank 0's slices.
+    state = bundle.mode.get_state(bundle.model)
     worker = PartyWorker(config, "alice", bundle=bundle)
     try:
-        state = bundle.mode.get_state(bundle.model)
         encoded, header = chain_from_specs([]).encode(state, {})
         strategy = {} if mu is None else {"mu": mu}
         task = RoundTask(
@@ -73,25 +77,37 @@ def _train_once(
 
 
 @pytest.mark.parametrize(
-    ("micro_batch", "mode", "mu"), [(4, "lora", None), (2, "lora", None), (4, "prompt_tuning", 0.5)]
+    ("micro_batch", "mode", "mu", "sharding"),
+    [
+        (4, "lora", None, None),
+        (2, "lora", None, None),
+        (4, "prompt_tuning", 0.5, None),
+        (4, "full", None, "fsdp"),
+        (2, "full", 0.5, "fsdp"),
+    ],
 )
 def test_two_processes_give_the_one_process_update(
-    tmp_path: Path, micro_batch: int, mode: str, mu: float | None
+    tmp_path: Path, micro_batch: int, mode: str, mu: float | None, sharding: str | None
 ) -> None:
     """Same chunk, same seed, same total batch of 4 per step: each rank takes 2 examples (as one micro-batch,
-    or as two micro-batches of 1 when the plan accumulates) and DDP averages the gradients. The verbalizers are
-    one token each, so every example carries the same weight in both layouts and the updates agree up to float
-    rounding (different padding widths and summation order): within 1e-4 of the update's largest entry. The
-    prompt-tuning case also sends FedProx's hooks to the other rank and adds the proximal term on both."""
+    or as two micro-batches of 1 when the plan accumulates) and DDP or FSDP averages the gradients. The
+    verbalizers are one token each, so every example carries the same weight in both layouts and the updates
+    agree up to float rounding (different padding widths and summation order): within 1e-4 of the update's
+    largest entry. The FedProx cases also send the hooks to the other rank and add the proximal term on both;
+    under FSDP each rank holds half of every tensor, so the state is scattered and gathered, and the proximal
+    term is a sum over each rank's slices."""
     one, _ = _train_once(tmp_path / "one", 1, micro_batch, mode, mu)
-    two, pids = _train_once(tmp_path / "two", 2, micro_batch, mode, mu)
+    two, pids = _train_once(tmp_path / "two", 2, micro_batch, mode, mu, sharding)
     assert (one.num_samples, one.num_tokens) == (two.num_samples, two.num_tokens) == (9, one.num_tokens)
     assert two.metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
     assert one.tensors.keys() == two.tensors.keys()
     scale = max(float(t.abs().max()) for t in one.tensors.values())
     assert scale > 0
+    # AdamW divides by each entry's gradient RMS, so where a gradient is near zero (embedding rows of tokens
+    # barely seen, only in full fine-tuning) rounding shows more: measured, 1 entry of 3.1 M at 1.7e-4 of scale.
+    atol = (1e-3 if mode == "full" else 1e-4) * scale
     for key, tensor in one.tensors.items():
-        torch.testing.assert_close(two.tensors[key], tensor, rtol=0, atol=1e-4 * scale, msg=key)
+        torch.testing.assert_close(two.tensors[key], tensor, rtol=0, atol=atol, msg=key)
     # The other rank is gone once the worker is closed.
     assert pids and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
 
@@ -159,16 +175,30 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
 
 
 @pytest.mark.flower
-def test_flower_run_with_two_processes_per_party_leaves_no_rank_behind(tmp_path: Path) -> None:
-    """On Flower each party worker is its own process and starts its rank 1; the run ends with all of them."""
+def test_flower_run_with_fsdp_parties_follows_the_one_process_run(tmp_path: Path) -> None:
+    """On Flower each party worker is its own process and starts its rank 1. Full fine-tuning with SCAFFOLD,
+    every party's model sharded over its two processes (FSDP, gloo): round 2's gradient corrections act on the
+    sharded gradients, and the held-out loss after each round is the one-process local run's. The run ends with
+    every rank."""
     before = {p.pid for p in _all_ranks()}
-    cfg = _config(
-        tmp_path, 2, **{"backend.name": "flower", "federation.rounds": 1, "training.local_steps": 2}
+    common = {"federation.rounds": 2, "training.local_steps": 2, "training.mode": "full"}
+
+    def config(processes: int, **more: object) -> dict:
+        cfg = _config(tmp_path / str(processes), processes, **common, **more)
+        del cfg["training"]["lora"]
+        cfg["federation"]["strategy"] = {"name": "scaffold"}
+        return cfg
+
+    one = mpctf.run(config(1), run_dir=tmp_path / "one")
+    two = mpctf.run(
+        config(2, **{"backend.name": "flower", "training.sharding": "fsdp"}), run_dir=tmp_path / "two"
     )
-    result = mpctf.run(cfg, run_dir=tmp_path / "run")
-    assert [r["round"] for r in result.rounds] == [0, 1]
-    parties = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
-    assert len(parties) == 2 and all(r["status"] == "ok" and r["samples"] > 0 for r in parties)
+    assert [r["round"] for r in two.rounds] == [0, 1, 2]
+    for a, b in zip(one.rounds, two.rounds, strict=True):
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+    assert two.rounds[-1]["eval_loss"] < two.rounds[0]["eval_loss"]
+    parties = [r for r in read_metrics(tmp_path / "two/metrics.jsonl") if r["event"] == "party_round"]
+    assert len(parties) == 4 and all(r["status"] == "ok" and r["samples"] > 0 for r in parties)
     assert not [p for p in _all_ranks() if p.pid not in before]
 
 

@@ -38,3 +38,20 @@ def test_the_single_process_shard_is_the_whole_step() -> None:
     examples, factor = Shard().split(step)
     assert list(examples) == step and factor == 1.0
     assert Shard().total([1.5, 5, 7]) == [1.5, 5, 7]
+
+
+def test_an_algorithm_term_adds_its_gradient_once_per_step() -> None:
+    """FedProx's term ``μ/2 ‖p − x‖²`` on p = (1, 3), x = (0, 1), μ = 0.5: its gradient μ(p − x) = (0.5, 1) is
+    added to the data gradient already there, and to a parameter the data left without one."""
+    from mpctf.aggregation.fedprox import ProximalHooks
+    from mpctf.party.trainer import add_extra_loss_gradient
+
+    p = torch.nn.Parameter(torch.tensor([1.0, 3.0]))
+    q = torch.nn.Parameter(torch.tensor([2.0]))
+    p.grad = torch.tensor([10.0, 20.0])
+    hooks = ProximalHooks(0.5, {"p": torch.tensor([0.0, 1.0]), "q": torch.tensor([0.0])})
+    add_extra_loss_gradient(hooks.extra_loss({"p": p, "q": q}), [p, q])
+    assert p.grad.tolist() == [10.5, 21.0]
+    assert q.grad is not None and q.grad.tolist() == [1.0]
+    add_extra_loss_gradient(None, [p, q])
+    assert p.grad.tolist() == [10.5, 21.0]

@@ -13,6 +13,7 @@ import torch
 
 from mpctf.aggregation.base import STRATEGIES, PartyHooks
 from mpctf.aggregation.fedavg import FedAvg, FedAvgParams
+from mpctf.aggregation.layout import laid_out_like
 from mpctf.aggregation.params import NonNegative
 from mpctf.messages import NamedTensors
 
@@ -40,7 +41,7 @@ class ProximalHooks(PartyHooks):
         if name not in self._anchors:
             if name not in self._global:
                 raise ValueError(f"fedprox: trainable tensor {name!r} is not in the global state")
-            self._anchors[name] = self._global[name].detach().to(param.device, torch.float32)
+            self._anchors[name] = laid_out_like(self._global[name], param, torch.float32)
         return self._anchors[name]
 
 

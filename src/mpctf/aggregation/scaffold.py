@@ -23,6 +23,7 @@ import torch
 
 from mpctf.aggregation.base import STRATEGIES, PartyHooks, sum_as_float32, weighted_sum_into
 from mpctf.aggregation.fedavg import FedAvg, FedAvgParams, update_weight
+from mpctf.aggregation.layout import laid_out_like
 from mpctf.aggregation.ops import apply_delta, clone_state, require_same_keys, zeros_like_f32
 from mpctf.aggregation.params import Positive
 from mpctf.aggregation.validate import validate_tensors
@@ -74,7 +75,7 @@ class ScaffoldHooks(PartyHooks):
         if name not in self._corrections:
             if name not in self._c:
                 raise ValueError(f"scaffold: trainable tensor {name!r} has no server control variate")
-            self._corrections[name] = (self._c[name] - self._c_party[name]).to(grad.device, grad.dtype)
+            self._corrections[name] = laid_out_like(self._c[name] - self._c_party[name], grad)
         return self._corrections[name]
 
     def after_training(

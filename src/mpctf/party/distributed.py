@@ -16,9 +16,18 @@ token within each micro-batch, in one process as in N, so there the N-process st
 gradient, not the same number. A rank whose shard is empty (a last step smaller than N) runs one example with
 weight 0, because every rank must join every gradient all-reduce.
 
-Process groups. Several parties share one process on the ``local`` backend, so a party's group cannot be the
-process-wide default group of ``init_process_group``; each party builds its own group over a private
-``TCPStore``. Backends: gloo on CPU, NCCL on CUDA (rank ``r`` uses ``cuda:r``, with bf16 autocast).
+Sharding. With ``training.sharding: fsdp`` (the default for full and pretrain models on GPUs) the ranks hold
+the model under FSDP2 (``torch.distributed.fsdp.fully_shard``, every decoder layer a unit): each rank keeps
+``1/N`` of the parameters, gradients and AdamW moments, so a party can train a model that does not fit one
+device. The round's global state is then scattered from rank 0 instead of broadcast, and gathered back to rank 0
+tensor by tensor after training. Gradients are reduce-scattered and averaged exactly as under DDP, so the
+equivalence above holds for both.
+
+Process groups. Several parties share one process on the ``local`` backend, so under DDP a party's group cannot
+be the process-wide default group of ``init_process_group``; each party builds its own group over a private
+``TCPStore``. FSDP's device mesh needs the default group, so FSDP is refused on the local backend and a sharded
+party's processes make their group the default one. Backends: gloo on CPU, NCCL on CUDA (rank ``r`` uses
+``cuda:r``, bf16 compute: autocast under DDP, FSDP's mixed-precision policy with float32 gradient reduction).
 
 Teardown. The helpers die with rank 0 whatever ends it: :meth:`PartyRanks.close` (atexit, and ``mpctf.run``'s
 ``finally``) signals them, the Linux parent-death signal covers a killed rank 0, they share
@@ -42,15 +51,20 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import yaml
 
-from mpctf.config import RunConfig, dump_config, load_config
+from mpctf.config import FSDP_MODES, RunConfig, dump_config, load_config
 from mpctf.data.tasks import Example
 from mpctf.errors import LaunchError
+from mpctf.messages import NamedTensors
+from mpctf.model.modes.base import check_state_keys
+
+if TYPE_CHECKING:
+    from mpctf.model.bundle import ModelBundle
 
 _HOST = "127.0.0.1"
 #: How long rank 0 waits for the other ranks to load the model and join.
@@ -80,20 +94,91 @@ class Shard:
 
 
 class RankShard(Shard):
-    """A rank of a party's process group: its shard of every step, DDP gradient averaging, bf16 on GPUs."""
+    """A rank of a party's process group: its shard of every step, gradients averaged over the ranks (DDP, or
+    FSDP2 when ``sharded``), bf16 on GPUs."""
 
-    def __init__(self, group: dist.ProcessGroup, rank: int, world: int, device: torch.device) -> None:
+    def __init__(
+        self, group: dist.ProcessGroup, rank: int, world: int, device: torch.device, *, sharded: bool = False
+    ) -> None:
         self.group, self.rank, self.world, self.device = group, rank, world, device
-        self._ddp: torch.nn.Module | None = None
+        self.sharded = sharded
+        self._wrapped: torch.nn.Module | None = None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        # Built once: both wrappers are collectives (DDP copies rank 0's weights to all; FSDP shards them).
+        if self._wrapped is None:
+            self._wrapped = self._shard(model) if self.sharded else self._ddp(model)
+        return self._wrapped
+
+    def _ddp(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        # Built once: the constructor is a collective (it checks shapes and copies rank 0's weights to all).
-        if self._ddp is None:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(model, device_ids=ids, process_group=self.group)
-        return self._ddp
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, process_group=self.group)
+
+    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if self.device.type == "cuda"
+            else MixedPrecisionPolicy()
+        )
+        # One FSDP unit per block Transformers keeps whole (the decoder layers): a block's parameters are
+        # gathered only while it computes. The root unit takes the rest (embeddings, final norm, head).
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model
+
+    @torch.no_grad()
+    def load_state(self, bundle: ModelBundle, state: NamedTensors | None) -> None:
+        """Make every rank's trainable parameters the global ``state`` that rank 0 holds (others pass None)."""
+        params = bundle.mode.trainable_parameters(bundle.model)
+        if not self.sharded:
+            if self.rank == 0:
+                assert state is not None
+                bundle.mode.set_state(bundle.model, state)
+            self.broadcast_tensors(params)
+            return
+        from torch.distributed.tensor import distribute_tensor
+
+        if self.rank == 0:
+            assert state is not None
+            check_state_keys(params, state, "model state")
+        for key in sorted(params):
+            p = params[key]
+            full = (
+                state[key] if state is not None else torch.empty(p.shape, dtype=p.dtype, device=self.device)
+            )
+            if tuple(full.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"model state: {key!r} has shape {tuple(full.shape)}, the model's is {tuple(p.shape)}"
+                )
+            # Rank 0 sends each rank its own slice; the others' placeholders are only shapes.
+            part = distribute_tensor(
+                full.to(self.device, p.dtype), p.device_mesh, p.placements, src_data_rank=0
+            )
+            p.to_local().copy_(part.to_local())
+
+    @torch.no_grad()
+    def gather_state(self, bundle: ModelBundle) -> NamedTensors | None:
+        """The trained state, whole, on rank 0's CPU (None on the other ranks, which must call this too)."""
+        if not self.sharded:
+            return bundle.mode.get_state(bundle.model) if self.rank == 0 else None
+        params = bundle.mode.trainable_parameters(bundle.model)
+        state: NamedTensors = {}
+        # One tensor at a time, so no rank ever holds more than one gathered tensor beyond its shard (rank 0
+        # keeps the state it returns); the other ranks join the all-gather and drop the result.
+        for key in sorted(params):
+            whole = params[key].full_tensor()
+            if self.rank == 0:
+                state[key] = whole.cpu()
+        return state if self.rank == 0 else None
 
     def split(self, step: Sequence[Example]) -> tuple[Sequence[Example], float]:
         lo, hi = self.rank * len(step) // self.world, (self.rank + 1) * len(step) // self.world
@@ -103,6 +188,12 @@ class RankShard(Shard):
 
     @contextlib.contextmanager
     def micro_context(self, model: torch.nn.Module, *, last: bool) -> Iterator[None]:
+        if self.sharded:
+            # FSDP keeps sharded gradients, so accumulating across micro-batches costs no memory; its own
+            # policy sets the bf16 compute.
+            model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            yield
+            return
         sync = contextlib.nullcontext() if last else model.no_sync()  # type: ignore[operator]
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -146,14 +237,36 @@ def party_device(rank: int, use_cuda: bool) -> torch.device:
     return torch.device("cuda", rank) if use_cuda else torch.device("cpu")
 
 
-def join_group(store: dist.Store, rank: int, world: int, device: torch.device, timeout_s: float) -> RankShard:
+def party_sharding(config: RunConfig, device: torch.device) -> str:
+    """``training.sharding``, or its default: fsdp for full and pretrain on GPUs off the local backend."""
+    if config.training.sharding is not None:
+        return config.training.sharding
+    shardable = config.training.mode in FSDP_MODES and config.backend.name != "local"
+    return "fsdp" if shardable and device.type == "cuda" else "ddp"
+
+
+def join_group(
+    store: dist.Store, rank: int, world: int, device: torch.device, timeout_s: float, *, sharded: bool = False
+) -> RankShard:
     """This rank's :class:`RankShard` in a party group of ``world`` ranks rendezvousing through ``store``.
 
-    The group is built the way ``torch.distributed.new_group`` builds one (a ``ProcessGroup`` with one backend
-    registered per device type), but over the party's own store, since the default group is process-wide.
+    Under DDP the group is built the way ``torch.distributed.new_group`` builds one (a ``ProcessGroup`` with one
+    backend registered per device type), but over the party's own store, since the default group is
+    process-wide. A ``sharded`` party owns its processes, so its group is the default one FSDP's mesh needs.
     """
     timeout = datetime.timedelta(seconds=timeout_s)
     prefix = dist.PrefixStore("mpctf-party/", store)
+    if sharded:
+        cuda = device.type == "cuda"
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            store=prefix,
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+            device_id=device if cuda else None,
+        )
+        return RankShard(dist.group.WORLD, rank, world, device, sharded=True)  # type: ignore[arg-type]
     group = dist.ProcessGroup(prefix, rank, world)
     if device.type == "cuda":
         backend = dist.ProcessGroupNCCL(prefix, rank, world, dist.ProcessGroupNCCL.Options())
@@ -181,9 +294,11 @@ def _threads_per_rank(config: RunConfig, world: int) -> int:
 class PartyRanks:
     """Rank 0's handle on its party's other ranks: start them, drive them each round, stop them."""
 
-    def __init__(self, config: RunConfig, party: str, world: int, device: torch.device) -> None:
-        self.party, self.world = party, world
+    def __init__(self, config: RunConfig, party: str, world: int, bundle: ModelBundle) -> None:
+        self.party, self.world, self.bundle = party, world, bundle
         self.timeout_s = config.federation.round_timeout_s
+        device = bundle.device
+        self.sharding = party_sharding(config, device)
         use_cuda = device.type == "cuda"
         if use_cuda and torch.cuda.device_count() < world:
             raise LaunchError(
@@ -199,7 +314,8 @@ class PartyRanks:
             log = tempfile.TemporaryFile()  # noqa: SIM115  (kept open for the rank's lifetime)
             argv = [sys.executable, "-m", "mpctf.party.distributed", "--party", party, "--rank", str(rank)]
             argv += ["--world", str(world), "--port", str(self.store.port), "--parent", str(os.getpid())]
-            argv += ["--threads", str(_threads_per_rank(config, world))] + (["--cuda"] if use_cuda else [])
+            argv += ["--threads", str(_threads_per_rank(config, world)), "--sharding", self.sharding]
+            argv += ["--cuda"] if use_cuda else []
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
             )
@@ -209,7 +325,8 @@ class PartyRanks:
             self.logs.append(log)
             self.procs.append(proc)
         self._wait_ready()
-        self.shard = join_group(self.store, 0, world, device, self.timeout_s)
+        self.shard = join_group(self.store, 0, world, device, self.timeout_s, sharded=self.sharding == "fsdp")
+        self.shard.wrap(bundle.model)
 
     def _wait_ready(self) -> None:
         """Wait until every rank has loaded its model, failing early (with its last line) if one exits."""
@@ -233,14 +350,15 @@ class PartyRanks:
         return lines[-1].strip() if lines else f"exit code {self.procs[rank - 1].returncode}"
 
     @contextlib.contextmanager
-    def round(self, params: dict[str, torch.Tensor], plan: dict[str, Any]) -> Iterator[RankShard]:
-        """Send the round's ``plan`` and rank 0's trainable tensors (already the global state) to every rank,
-        then yield rank 0's shard to train with. A round that fails part-way leaves the ranks out of step, so it
-        stops them: the party's later rounds fail with that reason instead of hanging."""
+    def round(self, state: NamedTensors, plan: dict[str, Any]) -> Iterator[RankShard]:
+        """Send the round's ``plan`` to every rank and load the global ``state`` on all of them, then yield rank
+        0's shard to train with; the block ends with :meth:`RankShard.gather_state`, which every rank joins.
+        A round that fails part-way leaves the ranks out of step, so it stops them: the party's later rounds
+        fail with that reason instead of hanging."""
         self._check_alive()
         try:
             self.shard.broadcast_object(plan)
-            self.shard.broadcast_tensors(params)
+            self.shard.load_state(self.bundle, state)
             yield self.shard
         except BaseException as exc:
             self.failed = f"a round failed part-way ({type(exc).__name__}: {exc})"
@@ -265,6 +383,10 @@ class PartyRanks:
         if not procs:
             return
         atexit.unregister(self.close)
+        shard = getattr(self, "shard", None)
+        if shard is not None and shard.sharded and dist.is_initialized():
+            # The default group is process-wide: free it so this process can host a later party.
+            dist.destroy_process_group()
         deadline = time.monotonic() + 5.0
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for p in procs:
@@ -291,7 +413,9 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def serve_rank(config: RunConfig, party: str, rank: int, world: int, port: int, use_cuda: bool) -> None:
+def serve_rank(
+    config: RunConfig, party: str, rank: int, world: int, port: int, use_cuda: bool, sharding: str
+) -> None:
     """Load the model and the party's data, join the group, then train whatever rank 0 sends until stopped."""
     from mpctf.data.federated import FederatedData
     from mpctf.data.tasks import make_task
@@ -306,14 +430,18 @@ def serve_rank(config: RunConfig, party: str, rank: int, world: int, port: int, 
     examples = task.encode_all(FederatedData(config).party_rows(party), f"party {party!r} data")
     store = dist.TCPStore(_HOST, port, world, False, timeout=datetime.timedelta(seconds=_JOIN_TIMEOUT_S))
     store.set(f"ready/{rank}", "1")
-    shard = join_group(store, rank, world, device, config.federation.round_timeout_s)
+    shard = join_group(
+        store, rank, world, device, config.federation.round_timeout_s, sharded=sharding == "fsdp"
+    )
+    shard.wrap(bundle.model)
     while True:
         msg = shard.broadcast_object()
         hooks = msg["hooks"]
         bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
-        shard.broadcast_tensors(bundle.mode.trainable_parameters(bundle.model))
+        shard.load_state(bundle, None)
         chunk = [examples[i] for i in msg["chosen"]]
         train_round(bundle, task, chunk, msg["settings"], hooks, shard=shard)
+        shard.gather_state(bundle)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -326,13 +454,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--sharding", choices=["ddp", "fsdp"], required=True)
     parser.add_argument("--cuda", action="store_true")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     torch.set_num_threads(args.threads)
     config = load_config(yaml.safe_load(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")))
     try:
-        serve_rank(config, args.party, args.rank, args.world, args.port, args.cuda)
+        serve_rank(config, args.party, args.rank, args.world, args.port, args.cuda, args.sharding)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole foreground group; rank 0 reports it
         sys.exit(130)
 

@@ -34,6 +34,28 @@ class TrainSettings:
     seed: int
 
 
+def add_extra_loss_gradient(extra: torch.Tensor | None, params: Sequence[torch.nn.Parameter]) -> None:
+    """Add the gradient of an algorithm's term on the parameters alone (FedProx's proximal term) to ``params``.
+
+    It is taken once per step, outside the data-parallel wrapper: the term does not depend on the data, so every
+    rank computes the same gradient for the tensors it holds and none is averaged. Under FSDP the term is a
+    sharded sum whose local part involves only this rank's slices, which is what its gradient needs.
+    """
+    if extra is None:
+        return
+    from torch.distributed.tensor import DTensor
+
+    local = extra.to_local() if isinstance(extra, DTensor) else extra
+    grads = torch.autograd.grad(local, list(params), allow_unused=True)
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)
+
+
 def train_round(
     bundle: ModelBundle,
     task: Task,
@@ -73,14 +95,13 @@ def train_round(
             with shard.micro_context(model, last=n == len(micro) - 1):
                 batch = task.collate(chunk).to(device)
                 loss = task.loss(model, batch)
-                extra = hooks.extra_loss(params)
-                total = loss if extra is None else loss + extra
                 # Weight each micro-batch by its share of the step so accumulation equals one big batch.
-                (total * (len(chunk) / len(step_examples) * factor)).backward()
+                (loss * (len(chunk) / len(step_examples) * factor)).backward()
             if factor:
                 loss_sum += float(loss.detach()) * len(chunk)
                 samples += len(chunk)
                 tokens += batch.num_tokens
+        add_extra_loss_gradient(hooks.extra_loss(params), stepped)
         hooks.adjust_gradients(params)
         optimizer.step()
     model.eval()

@@ -56,7 +56,7 @@ class PartyWorker:
         self.dpsgd_ledger: Any = None  # DP-SGD's accountant history, carried across rounds
         world = config.party_processes(party)
         #: The party's other training processes, when it has several (this process is rank 0).
-        self.ranks = PartyRanks(config, party, world, self.bundle.device) if world > 1 else None
+        self.ranks = PartyRanks(config, party, world, self.bundle) if world > 1 else None
 
     def close(self) -> None:
         """Stop the party's other training processes, if any."""
@@ -93,7 +93,6 @@ class PartyWorker:
             task.instructions.get("strategy", {}), task.extra, self.party, received, self.party_state
         )
         bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
-        bundle.mode.set_state(bundle.model, received)
         train = self.training
         settings = TrainSettings(
             lr=train.lr,
@@ -104,13 +103,17 @@ class PartyWorker:
             seed=self.config.seed * 100_003 + task.round,
         )
         if self.ranks is None:
+            bundle.mode.set_state(bundle.model, received)
             stats, private_metrics = self._train(chunk, settings, hooks)
+            local = bundle.mode.get_state(bundle.model)
         else:  # DP-SGD with several processes is refused at validation
-            params = bundle.mode.trainable_parameters(bundle.model)
-            with self.ranks.round(params, {"chosen": chosen, "settings": settings, "hooks": hooks}) as shard:
+            with self.ranks.round(
+                received, {"chosen": chosen, "settings": settings, "hooks": hooks}
+            ) as shard:
                 stats = train_round(bundle, self.task, chunk, settings, hooks, shard=shard)
-            private_metrics = {}
-        local = bundle.mode.get_state(bundle.model)
+                gathered = shard.gather_state(bundle)
+            assert gathered is not None  # rank 0 holds the whole state
+            local, private_metrics = gathered, {}
         delta = {k: local[k].float() - received[k].float() for k in received}
         attack = self.config.party(self.party).attack
         if attack is not None:  # simulation only: see mpctf.party.attack
