@@ -23,11 +23,10 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from _tree_memory import TreeMemory
 
 from mpctf.launch.flower_local import launch_flower_local
 from mpctf.launch.flower_services import PartySpec
@@ -55,34 +54,6 @@ def parse_sizes(text: str) -> dict[str, int]:
             raise SystemExit(f"--sizes: {label!r} is not a size like 2MB or 2.2GB")
         sizes[label.strip()] = int(float(match[1]) * UNITS[match[2]])
     return sizes
-
-
-class TreeMemory(threading.Thread):
-    """Samples the resident memory of this process's descendants until stopped."""
-
-    def __init__(self, interval_s: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.interval_s, self.peak_total = interval_s, 0
-        self.peak_by_kind: dict[str, int] = {}
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        me = psutil.Process()
-        while not self._done.wait(self.interval_s):
-            total = 0
-            for proc in me.children(recursive=True):
-                try:
-                    rss, cmd = proc.memory_info().rss, " ".join(proc.cmdline())
-                except psutil.Error:  # ended between listing and reading
-                    continue
-                kind = next((k for k in KINDS if k in cmd), "other")
-                total += rss
-                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), rss)
-            self.peak_total = max(self.peak_total, total)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
 
 
 def make_reverse_handler() -> PartyHandler:
@@ -138,7 +109,7 @@ def main() -> None:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="mpctf-overhead-"))
     out = run_dir / "overhead.json"
     started = time.perf_counter()
-    memory = TreeMemory()
+    memory = TreeMemory(KINDS)
     memory.start()
     try:
         launch_flower_local(

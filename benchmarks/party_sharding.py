@@ -5,12 +5,12 @@
 The party trains SmolLM2-135M-Instruct (every weight; ``--layers N`` keeps only the first N decoder layers) on
 Rotten Tomatoes reviews, one round of ``--steps`` optimizer steps of 8 reviews, through the same
 :class:`~mpctf.party.worker.PartyWorker` a real party runs. Each layout runs in a fresh child process; a
-sampler reads the resident memory of the party process (rank 0) and of each extra rank every 0.2 s (large
-allocations served by mmap, so that memory freed during the round leaves the resident size). Reported:
-peak memory per rank, seconds per step, and how far the update is from the one-process update (largest
-absolute difference over the largest entry). On a CPU the memory is the process's whole footprint (Python,
-torch, the tokenized data) on top of the model's parameters, gradients and AdamW moments, which FSDP divides
-among the ranks and DDP repeats on each.
+sampler reads the resident memory of the party process (rank 0) and of its extra ranks every 0.2 s (large
+allocations served by mmap, so that memory freed during the round leaves the resident size). Reported: the
+peak memory of rank 0 and of the largest other rank, seconds per step, and how far the update is from the
+one-process update (largest absolute difference over the largest entry). On a CPU the memory is the
+process's whole footprint (Python, torch, the tokenized data) on top of the model's parameters, gradients and
+AdamW moments, which FSDP divides among the ranks and DDP repeats on each.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 from _harness import MOVIE_TASK
+from _tree_memory import TreeMemory
 
 #: layout → (processes (None: ``--processes``), sharding, micro-batches per step on one process).
 #: ``accumulate`` is the control: one process, the same steps in two micro-batches, so only the order of float
 #: sums changes; its distance to ``one`` is what rounding alone does to a full fine-tuning update.
+#: What the command line of a party's extra rank contains.
+RANK = "mpctf.party.distributed"
 LAYOUTS = {
     "one": (1, "ddp", 1),
     "accumulate": (1, "ddp", 2),
@@ -119,32 +121,16 @@ def measure(args: argparse.Namespace, layout: str, workdir: Path) -> dict[str, A
     # large blocks go back to the system when freed and the peak follows the memory actually in use.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-    peaks: dict[int, int] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        root = psutil.Process(child.pid)
-        while not done.wait(0.2):
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                return
-            for p in procs:
-                try:
-                    peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
-                except psutil.Error:
-                    continue
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    memory = TreeMemory([RANK, "--child"])
+    memory.start()
     stdout, _ = child.communicate()
-    done.set()
-    sampler.join()
+    memory.stop()
     if child.returncode:
         raise SystemExit(f"layout {layout!r} failed with exit code {child.returncode}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    ranks = sorted(peaks.items())  # the child (rank 0) has the lowest pid of its tree
-    result["peak_rss_gb"] = [round(rss / 1e9, 2) for _, rss in ranks]
+    # Rank 0 is the child itself; with more than two processes the other ranks' column is the largest of them.
+    peaks = [memory.peak_by_kind[kind] for kind in ("--child", RANK) if kind in memory.peak_by_kind]
+    result["peak_rss_gb"] = [round(rss / 1e9, 2) for rss in peaks]
     return result
 
 
