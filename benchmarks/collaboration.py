@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,43 +57,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settings", default="movie:4,movie:8,label_skew:4", help="split:parties, comma separated"
     )
     ap.add_argument("--best-strategy", default="fedavgm", help="the strategy compared with FedAvg")
+    ap.add_argument(
+        "--party-samples",
+        type=int,
+        help="each party keeps only this many of its rows (a seeded sample): silos with little labelled data",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench-collaboration"))
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.party_samples is not None and args.party_samples < 1:
+        ap.error("--party-samples must be at least 1")
+    return args
 
 
 def run_setting(
-    budget: Budget, split: str, num_parties: int, seed: int, best: str, out: Path
+    budget: Budget,
+    split: str,
+    num_parties: int,
+    seed: int,
+    best: str,
+    out: Path,
+    party_samples: int | None = None,
 ) -> dict[str, Any]:
-    """All methods for one split, party count and seed; returns their outcomes by method."""
-    tag = f"{split}-{num_parties}p-s{seed}"
+    """All methods for one split, party count and seed; returns their outcomes by method.
+
+    With ``party_samples`` every method trains on the same small silos: each party's sample is written to a
+    file, the federations and the local-only runs read those files, and centralized reads their union."""
+    tag = f"{split}-{num_parties}p-s{seed}" + (f"-n{party_samples}" if party_samples else "")
     common = {"seed": seed, "num_parties": num_parties, "split": split, "out": out / "runs"}
-    results: dict[str, Any] = {}
     fed = base_config(budget, name=f"fedavg-{tag}", **common)
-    results["fedavg"] = run_isolated(fed, out / "runs" / f"fedavg-{tag}")
-    results["best"] = run_isolated(
-        base_config(budget, name=f"{best}-{tag}", strategy={"name": best}, **common),
-        out / "runs" / f"{best}-{tag}",
-    )
-    # Each party alone: its exact share of this split, as its own data file, in a 1-party federation.
     data = FederatedData(load_config(fed))
     labels = [r["category"] for r in data.eval_rows()]
+    # Each party's exact share of this split, as its own data file (local-only runs need it; with
+    # --party-samples the federations use it too).
+    files: dict[str, Path] = {}
+    pooled: list[dict[str, Any]] = []
+    for party in (p["name"] for p in fed["parties"]):
+        rows = data.party_rows(party)
+        if party_samples is not None:
+            rows = random.Random(f"{seed}-{party}").sample(rows, min(party_samples, len(rows)))
+        files[party] = out / "runs" / f"data-{tag}-{party}.jsonl"
+        files[party].parent.mkdir(parents=True, exist_ok=True)
+        files[party].write_text("".join(json.dumps(r) + "\n" for r in rows))
+        pooled += rows
+
+    def federation(name: str, **overrides: Any) -> dict[str, Any]:
+        config = base_config(budget, name=f"{name}-{tag}", **common, **overrides)
+        if party_samples is not None:
+            config["parties"] = [{"name": p, "data": {"path": str(f.resolve())}} for p, f in files.items()]
+        return config
+
+    results: dict[str, Any] = {}
+    results["fedavg"] = run_isolated(federation("fedavg"), out / "runs" / f"fedavg-{tag}")
+    results["best"] = run_isolated(federation(best, strategy={"name": best}), out / "runs" / f"{best}-{tag}")
     # The accuracy of always answering the held-out set's most frequent label: the bar a model must clear.
     results["majority"] = max(labels.count(v) for v in set(labels)) / len(labels)
     local: list[RunOutcome] = []
-    for party in (p["name"] for p in fed["parties"]):
-        path = out / "runs" / f"data-{tag}-{party}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in data.party_rows(party)))
+    for party, path in files.items():
         alone = base_config(budget, name=f"local-{tag}-{party}", **common)
         alone["parties"] = [{"name": party, "data": {"path": str(path.resolve())}}]
         local.append(run_isolated(alone, out / "runs" / f"local-{tag}-{party}"))
     results["local"] = local
     # Centralized: one holder of every party's rows, spending the federation's total steps per round.
-    pooled = base_config(budget, name=f"central-{tag}", **{**common, "num_parties": 1, "split": "iid"})
+    central = base_config(budget, name=f"central-{tag}", **{**common, "num_parties": 1, "split": "iid"})
+    if party_samples is not None:
+        union = out / "runs" / f"data-{tag}-pooled.jsonl"
+        union.write_text("".join(json.dumps(r) + "\n" for r in pooled))
+        central["parties"] = [{"name": "pooled", "data": {"path": str(union.resolve())}}]
     steps = budget.local_steps * num_parties
-    pooled["training"]["local_steps"] = steps
-    pooled["data"]["partition"]["size"] = budget.batch_size * steps
-    results["central"] = run_isolated(pooled, out / "runs" / f"central-{tag}")
+    central["training"]["local_steps"] = steps
+    central["data"]["partition"]["size"] = budget.batch_size * steps
+    results["central"] = run_isolated(central, out / "runs" / f"central-{tag}")
     return results
 
 
@@ -175,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{command_line()}`",
         f"Machine: {machine()}",
         f"Budget: {budget}",
+        f"Rows per party: {args.party_samples or 'its whole share of the split'}",
         "",
     ]
     csv_rows: list[dict[str, Any]] = []
@@ -182,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     for setting in args.settings.split(","):
         split, parties = setting.split(":")
         per_seed = [
-            run_setting(budget, split, int(parties), seed, args.best_strategy, args.out)
+            run_setting(budget, split, int(parties), seed, args.best_strategy, args.out, args.party_samples)
             for seed in range(args.seeds)
         ]
         rows, curves = summarize(per_seed, args.best_strategy)
