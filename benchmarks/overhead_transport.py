@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -30,7 +31,7 @@ from _tree_memory import TreeMemory
 
 from mpctf.launch.flower_local import launch_flower_local
 from mpctf.launch.flower_services import PartySpec
-from mpctf.runtime.base import Backend, PartyHandler
+from mpctf.runtime.base import Backend, PartyHandler, Task
 
 SIZES = "1KB,2MB,40MB"
 UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
@@ -64,34 +65,54 @@ def make_reverse_handler() -> PartyHandler:
     return lambda payload: payload[::-1]
 
 
-def _is_reversed(reply: bytes | None, task: bytes) -> bool:
-    """Length and sampled positions: a full reversed copy would add one more payload to the server's memory."""
-    if reply is None or len(reply) != len(task):
+#: Positions of a task whose bytes a reply must hold reversed; sampled, so nothing keeps the task itself.
+CHECKED = 64
+
+
+def reversal_probe(payload: bytes) -> dict[int, int]:
+    """Where a correct reply to ``payload`` holds which byte (length included, at key -1)."""
+    n = len(payload)
+    positions = {0, n - 1, *(random.randrange(n) for _ in range(CHECKED))} if n else set()
+    return {-1: n, **{i: payload[n - 1 - i] for i in positions}}
+
+
+def _is_reversed(reply: bytes | None, probe: dict[int, int]) -> bool:
+    if reply is None or len(reply) != probe[-1]:
         return False
-    n = len(task)
-    return all(reply[i] == task[n - 1 - i] for i in {0, n // 3, n // 2, n - 1} if n)
+    return all(reply[i] == byte for i, byte in probe.items() if i >= 0)
 
 
 def measure(backend: Backend, settings: dict[str, str]) -> None:
-    """Driver: time ``rounds`` + 1 rounds per payload size, write seconds per round to ``out``."""
+    """Driver: time ``rounds`` + 1 rounds per payload size, write seconds per round to ``out``.
+
+    Each party's task is built when the backend sends it, as the round loop's are, and only a probe of it is
+    kept to check the reply: the driver holds no task of its own."""
     parties = backend.party_names()
     rounds = int(settings["rounds"])
     results: dict[str, list[float]] = {}
     for label, size in parse_sizes(settings["sizes"]).items():
         results[label] = []
         for _ in range(rounds + 1):
-            tasks = {p: os.urandom(size) for p in parties}
+            probes: dict[str, dict[int, int]] = {}
+
+            def task(party: str, size: int = size, probes: dict[str, dict[int, int]] = probes) -> Task:
+                def build() -> bytes:
+                    payload = os.urandom(size)
+                    probes[party] = reversal_probe(payload)
+                    return payload
+
+                return build
+
             started = time.perf_counter()
             failed = []
-            for r in backend.train_round(tasks, timeout_s=3600):
-                if not _is_reversed(r.payload, tasks[r.party]):
+            for r in backend.train_round({p: task(p) for p in parties}, timeout_s=3600):
+                if not _is_reversed(r.payload, probes.get(r.party, {-1: -1})):
                     failed.append(f"{r.party}: {r.error or 'wrong reply'}")
                 del r  # one reply at a time: keeping them all would hold a payload per party
             elapsed = time.perf_counter() - started
             if failed:
                 raise RuntimeError(f"{label} round failed: {failed}")
             results[label].append(elapsed)
-            del tasks
     Path(settings["out"]).write_text(json.dumps({"parties": parties, "seconds": results}))
 
 

@@ -58,7 +58,7 @@ def test_round_calls_parties_together_and_drops_the_late_one(tmp_path: Path) -> 
         backend = WorkerBackend(lambda: dict(roster))
         assert backend.party_names() == ["fast", "late", "slow"]
         began = time.monotonic()
-        tasks = {p: b"\x02" for p in roster} | {"gone": b"\x01"}
+        tasks = {p: b"\x02" for p in roster if p != "slow"} | {"slow": lambda: b"\x02", "gone": b"\x01"}
         replies = {r.party: r for r in backend.train_round(tasks, timeout_s=4)}
         elapsed = time.monotonic() - began
         assert 4 <= elapsed < 10  # the deadline, not the late party's 30 s
@@ -66,6 +66,8 @@ def test_round_calls_parties_together_and_drops_the_late_one(tmp_path: Path) -> 
         assert replies["slow"].seconds < 4  # the parties ran at the same time
         assert replies["late"].payload is None and replies["late"].error == "no reply within 4 s"
         assert replies["gone"].error == "party 'gone' is not connected"
+        # a task given as bytes or built by the backend: its size is what reached the party, nothing when unsent
+        assert [replies[p].sent_bytes for p in ("fast", "slow", "late", "gone")] == [1, 1, 1, 0]
     finally:
         for proc in procs:
             proc.kill()

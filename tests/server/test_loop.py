@@ -120,10 +120,10 @@ def test_bandwidth_is_measured_by_the_server_not_taken_from_the_party() -> None:
     update = Update(
         "bob", 1, {}, num_samples=1, num_tokens=1, metrics={"party_seconds": 1.5, "bandwidth_bps": 1e12}
     )
-    measure_bandwidth(update, PartyReply("bob", bytes(3000), seconds=2.0), bytes_down=1000)
+    measure_bandwidth(update, PartyReply("bob", bytes(3000), seconds=2.0, sent_bytes=1000))
     assert update.metrics["bandwidth_bps"] == 8 * 4000 / 0.5
     spoofed = Update("bob", 1, {}, num_samples=1, num_tokens=1, metrics={"bandwidth_bps": 1e12})
-    measure_bandwidth(spoofed, PartyReply("bob", bytes(3000), seconds=2.0), bytes_down=1000)
+    measure_bandwidth(spoofed, PartyReply("bob", bytes(3000), seconds=2.0, sent_bytes=1000))
     assert "bandwidth_bps" not in spoofed.metrics
 
 
@@ -147,3 +147,36 @@ def test_select_parties_is_seeded_and_sized() -> None:
     a = select_parties(names, 3, seed=1, round_num=2)
     assert a == select_parties(names, 3, seed=1, round_num=2) and len(a) == 3
     assert select_parties(names, None, seed=1, round_num=2) == names
+
+
+@pytest.mark.parametrize(("downlink", "encodings"), [("fp16", 1), ("topk", 2)])
+def test_a_state_shared_by_the_parties_is_encoded_once_unless_the_codec_keeps_party_state(
+    tmp_path: Path, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch, downlink: str, encodings: int
+) -> None:
+    from mpctf.comm.chain import CodecChain
+
+    calls: list[int] = []
+    encode = CodecChain.encode
+    monkeypatch.setattr(CodecChain, "encode", lambda self, t, s: (calls.append(1), encode(self, t, s))[1])
+    received: dict[str, int] = {}
+
+    def sized(party: str):
+        handle = scripted(party, 0.0, 1)
+
+        def record(payload: bytes) -> bytes:
+            task = RoundTask.from_bytes(payload)
+            if task.instructions["op"] != "train":
+                return handle(payload)
+            received[party] = len(payload)
+            state = CodecChain([(downlink, None)]).decode(task.state, task.instructions["downlink"])
+            return Update(
+                party, task.round, {k: torch.zeros_like(v) for k, v in state.items()}, 1, 1
+            ).to_bytes()
+
+        return record
+
+    overrides = {"federation.rounds": 1, "communication": {"downlink": [{"name": downlink}]}}
+    _loop(tmp_path, bundle, {"alice": sized("alice"), "bob": sized("bob")}, **overrides).run()
+    assert len(calls) == encodings  # the scripted replies are not encoded, so every call is the downlink's
+    records = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
+    assert {r["party"]: r["bytes_down"] for r in records} == received

@@ -29,6 +29,8 @@ class Codec(ABC):
     registered_name: ClassVar[str]
     #: True when decode(encode(x)) == x exactly.
     lossless: ClassVar[bool] = False
+    #: True when ``encode`` reads or writes the per-party ``state`` (its output depends on the party's history).
+    keeps_state: ClassVar[bool] = False
 
     def __init__(self, params: CodecParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -50,6 +50,11 @@ class CodecChain:
         """True when every stage is lossless (an empty chain is)."""
         return all(stage.lossless for stage in self.stages)
 
+    @property
+    def keeps_state(self) -> bool:
+        """True when a stage keeps per-party state, so the same tensors encode differently for each party."""
+        return any(stage.keeps_state for stage in self.stages)
+
     def encode(
         self, tensors: NamedTensors, state: dict[int, dict[str, Any]]
     ) -> tuple[NamedTensors, dict[str, Any]]:

@@ -59,6 +59,7 @@ class TopKCodec(Codec):
 
     Params = TopKParams
     params: TopKParams
+    keeps_state = True
 
     def encode(self, tensors: NamedTensors, state: dict[str, Any]) -> tuple[NamedTensors, dict[str, Any]]:
         residuals: NamedTensors = {}

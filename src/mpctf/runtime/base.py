@@ -7,11 +7,20 @@ behind Flower's deployment engine. A backend knows nothing of what the bytes con
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 #: A party's side of the runtime: takes a serialized request, returns the serialized reply.
 PartyHandler = Callable[[bytes], bytes]
+
+#: One party's task: its bytes, or a function that builds them. A backend builds a task only when it sends it and
+#: lets go of the bytes once sent, so a round of full-model tasks does not hold one serialized copy per party.
+Task = bytes | Callable[[], bytes]
+
+
+def task_bytes(task: Task) -> bytes:
+    """The bytes of ``task``, built now if it is a builder."""
+    return task() if callable(task) else task
 
 
 @dataclass
@@ -22,6 +31,8 @@ class PartyReply:
     payload: bytes | None
     error: str | None = None
     seconds: float = 0.0
+    #: Length of the task delivered to the party; 0 when none was (the party was not connected).
+    sent_bytes: int = 0
 
 
 class Backend(ABC):
@@ -32,7 +43,7 @@ class Backend(ABC):
         """Names of the parties reachable now, sorted."""
 
     @abstractmethod
-    def train_round(self, tasks: dict[str, bytes], timeout_s: float) -> Iterator[PartyReply]:
+    def train_round(self, tasks: Mapping[str, Task], timeout_s: float) -> Iterator[PartyReply]:
         """Send ``tasks[party]`` to each party; yield exactly one reply per party (errors and timeouts included)."""
 
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)

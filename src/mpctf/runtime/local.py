@@ -7,9 +7,9 @@ the Flower backend, so the same bytes are counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-from mpctf.runtime.base import Backend, PartyHandler, PartyReply
+from mpctf.runtime.base import Backend, PartyHandler, PartyReply, Task, task_bytes
 
 
 class LocalBackend(Backend):
@@ -21,18 +21,20 @@ class LocalBackend(Backend):
     def party_names(self) -> list[str]:
         return sorted(set(self.handlers) - self.offline)
 
-    def train_round(self, tasks: dict[str, bytes], timeout_s: float) -> Iterator[PartyReply]:
+    def train_round(self, tasks: Mapping[str, Task], timeout_s: float) -> Iterator[PartyReply]:
         for party in sorted(tasks):
             start = time.perf_counter()
+            request = task_bytes(tasks[party])
+            sent = len(request)
             try:
-                payload = self.handlers[party](tasks[party])
+                payload = self.handlers[party](request)
             except Exception as exc:  # a failing party must not stop the round; the loop records why
                 yield PartyReply(
-                    party, None, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
+                    party, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start, sent
                 )
                 continue
             elapsed = time.perf_counter() - start
             if elapsed > timeout_s:
-                yield PartyReply(party, None, error=f"no reply within {timeout_s:g} s", seconds=elapsed)
+                yield PartyReply(party, None, f"no reply within {timeout_s:g} s", elapsed, sent)
             else:
-                yield PartyReply(party, payload, seconds=elapsed)
+                yield PartyReply(party, payload, None, elapsed, sent)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from mpctf.runtime.base import Backend, PartyReply
+from mpctf.runtime.base import Backend, PartyReply, Task, task_bytes
 from mpctf.runtime.party_link import call, one_line
 
 log = logging.getLogger("mpctf.workers")
@@ -37,19 +37,20 @@ class WorkerBackend(Backend):
         self._known = self._roster()
         return sorted(self._known)
 
-    def train_round(self, tasks: dict[str, bytes], timeout_s: float) -> Iterator[PartyReply]:
+    def train_round(self, tasks: Mapping[str, Task], timeout_s: float) -> Iterator[PartyReply]:
         start = time.monotonic()
         deadline = start + timeout_s
         # Not a ``with`` block: leaving it would wait for the threads of stragglers we have stopped waiting for.
         pool = ThreadPoolExecutor(max_workers=max(len(tasks), 1), thread_name_prefix="party-call")
         pending: dict[Future[bytes], str] = {}
+        sent: dict[str, int] = {}
         try:
-            for party, payload in sorted(tasks.items()):
+            for party, task in sorted(tasks.items()):
                 if party not in self._known:
                     yield PartyReply(party, None, f"party {party!r} is not connected")
                     continue
                 address, authkey = self._known[party]
-                pending[pool.submit(self._call, address, authkey, payload, timeout_s)] = party
+                pending[pool.submit(self._call, address, authkey, task, timeout_s, sent, party)] = party
             while pending:
                 done, _ = wait(
                     pending, timeout=max(deadline - time.monotonic(), 0.0), return_when=FIRST_COMPLETED
@@ -58,22 +59,34 @@ class WorkerBackend(Backend):
                     break
                 for future in done:
                     party = pending.pop(future)
-                    yield self._reply(party, future, time.monotonic() - start)
+                    yield self._reply(party, future, time.monotonic() - start, sent.get(party, 0))
             for party in sorted(pending.values()):
                 log.warning(
                     "party %r gave no reply within %g s; the round goes on without it", party, timeout_s
                 )
-                yield PartyReply(party, None, f"no reply within {timeout_s:g} s", time.monotonic() - start)
+                yield PartyReply(
+                    party,
+                    None,
+                    f"no reply within {timeout_s:g} s",
+                    time.monotonic() - start,
+                    sent.get(party, 0),
+                )
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _call(self, address: str, authkey: bytes, payload: bytes, timeout_s: float) -> bytes:
+    def _call(
+        self, address: str, authkey: bytes, task: Task, timeout_s: float, sent: dict[str, int], party: str
+    ) -> bytes:
+        # Built in the party's own thread, where it stays until the reply: every party is called at once, so this
+        # same-host backend holds one task per party for the round (the Flower backend, one at a time).
+        payload = task_bytes(task)
+        sent[party] = len(payload)
         return call(address, authkey, payload, timeout_s, max_reply_bytes=self._max_reply_bytes)
 
     @staticmethod
-    def _reply(party: str, future: Future[bytes], seconds: float) -> PartyReply:
+    def _reply(party: str, future: Future[bytes], seconds: float, sent: int) -> PartyReply:
         try:
-            return PartyReply(party, future.result(), None, seconds)
+            return PartyReply(party, future.result(), None, seconds, sent)
         except ConnectionRefusedError as exc:
             reason = f"its worker is not running ({one_line(exc)})"
         except (EOFError, ConnectionError) as exc:
@@ -81,4 +94,4 @@ class WorkerBackend(Backend):
         except Exception as exc:  # a handler error, a wrong key, an oversized reply: the party's error
             reason = one_line(exc)
         log.warning("party %r failed this round: %s", party, reason)
-        return PartyReply(party, None, reason, seconds)
+        return PartyReply(party, None, reason, seconds, sent)

@@ -72,7 +72,7 @@ def max_reply_bytes(config: RunConfig, state: NamedTensors) -> int:
     return reply_limit(sum(t.numel() for t in state.values()), he.max_bytes_per_value if he else 0)
 
 
-def measure_bandwidth(update: Update, reply: PartyReply, bytes_down: int) -> None:
+def measure_bandwidth(update: Update, reply: PartyReply) -> None:
     """Set ``update.metrics["bandwidth_bps"]``: the bits of the task and the reply over the round trip less the
     party's own time (``party_seconds``). Only the server measures it: a value the party sent is dropped."""
     update.metrics.pop(BANDWIDTH, None)
@@ -81,7 +81,7 @@ def measure_bandwidth(update: Update, reply: PartyReply, bytes_down: int) -> Non
         return
     # The floor keeps an in-process reply (local backend, microseconds of link) finite.
     link_s = max(reply.seconds - float(party_s), 1e-3)
-    update.metrics[BANDWIDTH] = 8 * (bytes_down + len(reply.payload)) / link_s
+    update.metrics[BANDWIDTH] = 8 * (reply.sent_bytes + len(reply.payload)) / link_s
 
 
 class RoundLoop:
@@ -171,16 +171,34 @@ class RoundLoop:
         if self.privacy is not None:  # secure aggregation's key exchanges may leave parties out of the round
             private = self.privacy.begin_round(round_num, selected, plans, self.backend)
             selected = [p for p in selected if p in private]
-        tasks = {}
-        for p in selected:
-            encoded, header = self.downlink.encode(sent[p], self.downlink_state.setdefault(p, {}))
-            party_instructions = {**instructions, "plan": dataclasses.asdict(plans[p]), "downlink": header}
-            if p in private:
-                party_instructions["privacy"] = private[p]
-            tasks[p] = RoundTask(round_num, encoded, party_instructions, payload).to_bytes()
+        shared: dict[int, tuple[NamedTensors, dict[str, Any]]] = {}
+
+        def encode(p: str) -> tuple[NamedTensors, dict[str, Any]]:
+            if self.downlink.keeps_state:
+                return self.downlink.encode(sent[p], self.downlink_state.setdefault(p, {}))
+            # The same state through a chain without per-party state encodes alike: once for all its parties.
+            if id(sent[p]) not in shared:
+                shared[id(sent[p])] = self.downlink.encode(sent[p], {})
+            return shared[id(sent[p])]
+
+        def task(p: str) -> Callable[[], bytes]:
+            # Serialized only when the backend sends it (see ``Task``): one full-model task at a time, not N.
+            def build() -> bytes:
+                encoded, header = encode(p)
+                party_instructions = {
+                    **instructions,
+                    "plan": dataclasses.asdict(plans[p]),
+                    "downlink": header,
+                }
+                if p in private:
+                    party_instructions["privacy"] = private[p]
+                return RoundTask(round_num, encoded, party_instructions, payload).to_bytes()
+
+            return build
+
         accepted = 0
-        for reply in self.backend.train_round(tasks, fed.round_timeout_s):
-            record = self._receive(round_num, reply, sent[reply.party], len(tasks[reply.party]))
+        for reply in self.backend.train_round({p: task(p) for p in selected}, fed.round_timeout_s):
+            record = self._receive(round_num, reply, sent[reply.party])
             accepted += record["status"] == "ok"
             self.log.write("party_round", **record)
         if accepted < fed.min_parties:
@@ -195,11 +213,9 @@ class RoundLoop:
             self.cumulative["bytes_down"] += self.privacy.last_metrics["privacy_exchange_bytes_down"]
         return self.strategy.finalize()
 
-    def _receive(
-        self, round_num: int, reply: PartyReply, reference: NamedTensors, bytes_down: int
-    ) -> dict[str, Any]:
+    def _receive(self, round_num: int, reply: PartyReply, reference: NamedTensors) -> dict[str, Any]:
         record: dict[str, Any] = {"round": round_num, "party": reply.party, "seconds": reply.seconds}
-        record["bytes_down"] = bytes_down
+        record["bytes_down"] = bytes_down = reply.sent_bytes
         record["bytes_up"] = len(reply.payload) if reply.payload is not None else 0
         self.cumulative["bytes_down"] += bytes_down
         self.cumulative["bytes_up"] += record["bytes_up"]
@@ -214,7 +230,7 @@ class RoundLoop:
             update = Update.from_bytes(reply.payload)
             if update.party != reply.party or update.round != round_num:
                 raise UpdateRejected(f"reply claims party {update.party!r} round {update.round}")
-            measure_bandwidth(update, reply, bytes_down)
+            measure_bandwidth(update, reply)
             if self.privacy is not None and self.privacy.hides_updates:
                 norm, fp32 = None, self.privacy.receive_hidden(update, reference)
             else:

@@ -171,3 +171,34 @@ def test_wait_for_parties_gives_up_with_a_federation_error() -> None:
     assert backend.wait_for_parties(1, timeout_s=5) == ["a"]
     with pytest.raises(FederationError, match=r"only 1 of 2 parties connected within 5 s: \['a'\]"):
         backend.wait_for_parties(2, timeout_s=5)
+
+
+def test_each_task_is_built_just_before_its_own_push_and_its_size_reported() -> None:
+    grid = FakeGrid({1: party("a"), 2: party("b"), 3: party("c")})
+    backend = backend_on(grid)
+    backend.party_names()
+    events: list[str] = []
+    push = grid.push_messages
+
+    def push_logged(messages: list[Message]) -> list[str]:
+        events.append(f"push {len(messages)}")
+        return push(messages)
+
+    grid.push_messages = push_logged  # type: ignore[method-assign]
+
+    def task(name: str, size: int) -> Callable[[], bytes]:
+        def build() -> bytes:
+            events.append(f"build {name}")
+            return bytes(size)
+
+        return build
+
+    replies = {
+        r.party: r
+        for r in backend.train_round({"a": task("a", 10), "b": task("b", 20), "ghost": task("ghost", 5)}, 5)
+    }
+    # One message per push, each built right before it: the round never holds two serialized tasks.
+    assert events == ["build a", "push 1", "build b", "push 1"]
+    assert replies["a"].sent_bytes == 10 and replies["a"].payload == b"a" + bytes(10)
+    assert replies["b"].sent_bytes == 20
+    assert replies["ghost"].sent_bytes == 0  # never built, never sent

@@ -1,24 +1,27 @@
 """The Flower backend: the round loop's :class:`Backend` on top of a Flower ``Grid``.
 
 Parties are found by asking every online node for its party name (a ``query`` message, answered by the ClientApp
-from its node config). A round pushes one ``train`` message per party and pulls replies every ``poll_s`` seconds,
-yielding each as soon as it arrives so the server can aggregate while slower parties still train. (Flower's own
+from its node config). A round pushes one ``train`` message per party, one at a time (each task is built just
+before its push and released after it, so the ServerApp holds one serialized task however many parties there are),
+and pulls replies every ``poll_s`` seconds, yielding each as soon as it arrives so the server can aggregate while
+slower parties still train. (Flower's own
 ``send_and_receive`` would return only when all replies are in, and polls every 3 s.) A party whose reply is an
 error, or who has not answered within ``timeout_s``, yields a :class:`PartyReply` with ``error`` set.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from mpctf.errors import FederationError
-from mpctf.runtime.base import Backend, PartyReply
+from mpctf.runtime.base import Backend, PartyReply, Task, task_bytes
 from mpctf.runtime.flower import protocol, wire
 
 K = TypeVar("K", bound=Hashable)
@@ -66,35 +69,45 @@ class FlowerBackend(Backend):
             self._sleep(1.0)
         return names
 
-    def train_round(self, tasks: dict[str, bytes], timeout_s: float) -> Iterator[PartyReply]:
+    def train_round(self, tasks: Mapping[str, Task], timeout_s: float) -> Iterator[PartyReply]:
         """Push every task, then yield one reply per party in the order replies arrive."""
         self._round += 1
-        messages: dict[str, Message] = {}
-        for party, payload in tasks.items():
-            if (node := self._node_of.get(party)) is not None:
+        sent: dict[str, int] = {}
+        group = str(self._round)
+
+        def message(party: str, node: int) -> Callable[[], Message]:
+            def build() -> Message:
+                payload = task_bytes(tasks[party])
+                sent[party] = len(payload)
                 content = wire.payload_content(payload, {protocol.META_TIMEOUT_S: float(timeout_s)})
-                messages[party] = Message(
-                    content, node, protocol.TRAIN, ttl=timeout_s, group_id=str(self._round)
-                )
-        exchange = self._exchange(messages, timeout_s)  # pushes now, before any reply is yielded
-        for party in tasks.keys() - messages.keys():
+                return Message(content, node, protocol.TRAIN, ttl=timeout_s, group_id=group)
+
+            return build
+
+        connected = {p: node for p in tasks if (node := self._node_of.get(p)) is not None}
+        # pushes now, before any reply is yielded
+        exchange = self._exchange([(p, message(p, node)) for p, node in connected.items()], timeout_s)
+        for party in tasks.keys() - connected.keys():
             yield PartyReply(party, None, f"party {party!r} is not connected")
         for party, reply, seconds in exchange.replies():
             if isinstance(reply, str):
-                yield PartyReply(party, None, reply, seconds)
+                yield PartyReply(party, None, reply, seconds, sent.get(party, 0))
             elif (error := wire.error_of(reply)) is not None:
-                yield PartyReply(party, None, error, seconds)
+                yield PartyReply(party, None, error, seconds, sent[party])
             else:
-                yield PartyReply(party, wire.payload_of(reply), None, seconds)
+                yield PartyReply(party, wire.payload_of(reply), None, seconds, sent[party])
 
     def _discover(self) -> None:
         online = set(self._grid.get_node_ids())
         for node in set(self._party_of) - online:
             self._forget(node)
-        queries = {
-            node: Message(RecordDict(), node, protocol.QUERY, ttl=self._discovery_timeout_s)
+        queries = [
+            (
+                node,
+                functools.partial(Message, RecordDict(), node, protocol.QUERY, ttl=self._discovery_timeout_s),
+            )
             for node in online - set(self._party_of)
-        }
+        ]
         for node, reply, _ in self._exchange(queries, self._discovery_timeout_s).replies():
             error = reply if isinstance(reply, str) else wire.error_of(reply)
             if error is not None:
@@ -113,19 +126,23 @@ class FlowerBackend(Backend):
         if self._node_of.get(party) == node:
             del self._node_of[party]
 
-    def _exchange(self, messages: dict[K, Message], timeout_s: float) -> _Exchange[K]:
+    def _exchange(self, messages: list[tuple[K, Callable[[], Message]]], timeout_s: float) -> _Exchange[K]:
         return _Exchange(
             self._grid, messages, timeout_s, clock=self._clock, sleep=self._sleep, poll_s=self._poll_s
         )
 
 
 class _Exchange(Generic[K]):
-    """One push of messages (done on construction) and the pulls that collect their replies."""
+    """The pushes of a set of messages (done on construction) and the pulls that collect their replies.
+
+    Each message is built, pushed on its own and dropped before the next is built: a message of a full model is
+    large, and Flower keeps its own chunked copy of a message while pushing it.
+    """
 
     def __init__(
         self,
         grid: Grid,
-        messages: dict[K, Message],
+        messages: Iterable[tuple[K, Callable[[], Message]]],
         timeout_s: float,
         *,
         clock: Callable[[], float],
@@ -137,17 +154,12 @@ class _Exchange(Generic[K]):
         self._start = clock()
         self._refused: list[K] = []
         self._pending: dict[str, K] = {}
-        if not messages:
-            return
-        keys = list(messages)
-        ids = list(grid.push_messages([messages[key] for key in keys]))
-        if len(ids) != len(keys):  # Flower returns no ids at all when the SuperLink refuses the request
-            ids = [None] * len(keys)
-        for key, message_id in zip(keys, ids, strict=True):
-            if message_id is None:
-                self._refused.append(key)
+        for key, build in messages:
+            ids = list(grid.push_messages([build()]))
+            if ids and ids[0] is not None:  # Flower returns no id, or None, when the SuperLink refuses it
+                self._pending[ids[0]] = key
             else:
-                self._pending[message_id] = key
+                self._refused.append(key)
 
     def replies(self) -> Iterator[tuple[K, Message | str, float]]:
         """Yield ``(key, reply or error line, seconds since the push began)`` once per message."""
