@@ -201,6 +201,7 @@ class RoundLoop:
             record = self._receive(round_num, reply, sent[reply.party])
             accepted += record["status"] == "ok"
             self.log.write("party_round", **record)
+            del reply  # before the backend fetches the next: a reply may be a whole model
         if accepted < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: {accepted} of {len(selected)} updates accepted, federation.min_parties="

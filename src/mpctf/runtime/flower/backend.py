@@ -3,8 +3,8 @@
 Parties are found by asking every online node for its party name (a ``query`` message, answered by the ClientApp
 from its node config). A round pushes one ``train`` message per party, one at a time (each task is built just
 before its push and released after it, so the ServerApp holds one serialized task however many parties there are),
-and pulls replies every ``poll_s`` seconds, yielding each as soon as it arrives so the server can aggregate while
-slower parties still train. (Flower's own
+and pulls replies one at a time every ``poll_s`` seconds, yielding each as soon as it arrives so the server can
+aggregate (and drop) it while slower parties still train. (Flower's own
 ``send_and_receive`` would return only when all replies are in, and polls every 3 s.) A party whose reply is an
 error, or who has not answered within ``timeout_s``, yields a :class:`PartyReply` with ``error`` set.
 """
@@ -96,6 +96,7 @@ class FlowerBackend(Backend):
                 yield PartyReply(party, None, error, seconds, sent[party])
             else:
                 yield PartyReply(party, wire.payload_of(reply), None, seconds, sent[party])
+            del reply  # before the next is pulled
 
     def _discover(self) -> None:
         online = set(self._grid.get_node_ids())
@@ -168,10 +169,14 @@ class _Exchange(Generic[K]):
         deadline = self._start + self._timeout_s
         pending = self._pending
         while pending:
-            for reply in self._grid.pull_messages(list(pending)):
-                key = pending.pop(reply.metadata.reply_to_message_id, None)
-                if key is not None:
-                    yield key, reply, self._elapsed()
+            # One message per pull, each yielded before the next is pulled: a reply may be a whole model, and
+            # Flower assembles every reply of a pull (and its chunks) at once.
+            for message_id in list(pending):
+                for reply in self._grid.pull_messages([message_id]):
+                    key = pending.pop(reply.metadata.reply_to_message_id, None)
+                    if key is not None:
+                        yield key, reply, self._elapsed()
+                    del reply
             if not pending or self._clock() >= deadline:
                 break
             self._sleep(min(self._poll_s, max(deadline - self._clock(), 0.0)))
