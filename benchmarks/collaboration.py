@@ -136,24 +136,25 @@ def summarize(
     """Rows of the table (one per method) and accuracy curves per method (one per seed)."""
     methods: dict[str, list[RunOutcome]] = {}
     curves: dict[str, list[list[float]]] = {}
-    worst_acc: list[float] = []
+    worst: list[RunOutcome] = []
     for res in per_seed:
         methods.setdefault("local-only (mean of parties)", []).extend(res["local"])
         methods.setdefault("federated FedAvg", []).append(res["fedavg"])
         methods.setdefault(f"federated {best}", []).append(res["best"])
         methods.setdefault("centralized (pooled data)", []).append(res["central"])
-        worst_acc.append(min(o.final_accuracy for o in res["local"]))
+        worst.append(min(res["local"], key=lambda o: o.final_accuracy))
     rows: list[dict[str, Any]] = []
+    no_run: dict[str, list[Any]] = {"seconds": [], "bytes": [], "peak": []}
     zero = [r["fedavg"].accuracy_per_round[0] for r in per_seed]
-    rows.append({"method": "zero-shot", "acc": zero, "seconds": [], "bytes": [], "peak": []})
+    zero_loss = [r["fedavg"].eval_loss_per_round[0] for r in per_seed]
+    rows.append({"method": "zero-shot", "acc": zero, "loss": zero_loss, **no_run})
     majority = [r["majority"] for r in per_seed]
-    rows.append(
-        {"method": "majority label (no model)", "acc": majority, "seconds": [], "bytes": [], "peak": []}
-    )
+    rows.append({"method": "majority label (no model)", "acc": majority, "loss": [], **no_run})
     for label, outs in methods.items():
         row = {
             "method": label,
             "acc": [o.final_accuracy for o in outs],
+            "loss": [o.eval_loss_per_round[-1] for o in outs],
             "seconds": [o.seconds for o in outs],
             "bytes": [o.bytes_moved for o in outs],
             "peak": [o.peak_mem_bytes for o in outs],
@@ -162,8 +163,16 @@ def summarize(
             # Mean over parties first within each seed, so the spread is across seeds like every other row.
             k = len(per_seed[0]["local"])
             row["acc"] = [sum(o.final_accuracy for o in r["local"]) / k for r in per_seed]
+            row["loss"] = [sum(o.eval_loss_per_round[-1] for o in r["local"]) / k for r in per_seed]
             rows.append(row)
-            rows.append({**row, "method": "local-only (worst party)", "acc": worst_acc})
+            rows.append(
+                {
+                    **row,
+                    "method": "local-only (worst party)",
+                    "acc": [o.final_accuracy for o in worst],
+                    "loss": [o.eval_loss_per_round[-1] for o in worst],
+                }
+            )
         else:
             rows.append(row)
     for res in per_seed:
@@ -189,13 +198,22 @@ def render(rows: list[dict[str, Any]]) -> str:
             [
                 r["method"],
                 cell(r["acc"], 1.0, 3),
+                cell(r["loss"], 1.0, 3),
                 cell(r["seconds"], 1.0, 0),
                 "— (none needed)" if nothing_moves else cell(r["bytes"], 1e-6, 2),
                 cell(r["peak"], 2**-20, 0),
             ]
         )
     return markdown_table(
-        ["method", "accuracy", "wall time per run (s)", "MB moved (up + down)", "peak memory (MiB)"], table
+        [
+            "method",
+            "accuracy",
+            "eval loss",
+            "wall time per run (s)",
+            "MB moved (up + down)",
+            "peak memory (MiB)",
+        ],
+        table,
     )
 
 
@@ -228,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                     "setting": setting,
                     "method": r["method"],
                     "accuracy_per_seed": ";".join(f"{a:.4f}" for a in r["acc"]),
+                    "eval_loss_per_seed": ";".join(f"{v:.4f}" for v in r["loss"]),
                     "seconds_per_run": ";".join(f"{s:.1f}" for s in r["seconds"]),
                     "bytes_moved": ";".join(str(b) for b in r["bytes"]),
                     "peak_mem_bytes": ";".join(str(p) for p in r["peak"]),

@@ -28,7 +28,8 @@ def run_benchmark(script: str, out: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_collaboration_quick(tmp_path: Path) -> None:
-    text = run_benchmark("collaboration.py", tmp_path, "--settings", "label_skew:2", "--seeds", "1")
+    args = ["--settings", "movie:2", "--seeds", "1", "--party-samples", "20"]
+    text = run_benchmark("collaboration.py", tmp_path, *args)
     methods = [
         "zero-shot",
         "majority label (no model)",
@@ -40,12 +41,21 @@ def test_collaboration_quick(tmp_path: Path) -> None:
     for method in methods:
         assert f"| {method} |" in text
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert {r["setting"] for r in rows} == {"label_skew:2"}
+    assert {r["setting"] for r in rows} == {"movie:2"}
     fedavg = next(r for r in rows if r["method"] == "federated FedAvg")
     accuracies = [float(a) for a in fedavg["accuracy_per_seed"].split(";")]
     assert len(accuracies) == 1 and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert all(float(v) > 0 for v in fedavg["eval_loss_per_seed"].split(";"))
     assert all(int(b) > 0 for b in fedavg["bytes_moved"].split(";"))
-    assert (tmp_path / "accuracy_label_skew_2.png").stat().st_size > 0
+    assert (tmp_path / "accuracy_movie_2.png").stat().st_size > 0
+    # --party-samples: every method trains on the same small silos
+    runs = tmp_path / "runs"
+    silos = [(runs / f"data-movie-2p-s0-n20-party{i}.jsonl").read_text().splitlines() for i in (0, 1)]
+    assert [len(rows) for rows in silos] == [20, 20]
+    pooled = (runs / "data-movie-2p-s0-n20-pooled.jsonl").read_text().splitlines()
+    assert pooled == silos[0] + silos[1]  # centralized trains on exactly the parties' rows
+    federated = (runs / "fedavg-movie-2p-s0-n20" / "config.yaml").read_text()
+    assert all(f"data-movie-2p-s0-n20-party{i}.jsonl" in federated for i in (0, 1))
 
 
 @pytest.mark.slow
