@@ -216,7 +216,10 @@ def budget_parser(doc: str | None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random model on 400 rows: pipeline check only")
     ap.add_argument("--gpu", action="store_true", help="bigger budgets (automatic when CUDA is available)")
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3; 1 with --quick)")
+    ap.add_argument("--seeds", type=int, help="how many seeds (default 3; 1 with --quick)")
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (to add seeds to an earlier run)"
+    )
     ap.add_argument("--rounds", type=int, help="override the budget's rounds")
     ap.add_argument(
         "--local-steps", type=int, help="override the budget's optimizer steps per party per round"
@@ -235,6 +238,12 @@ def pick_budget(args: argparse.Namespace) -> Budget:
         budget = Budget()
     overrides = {"rounds": args.rounds, "local_steps": args.local_steps, "eval_samples": args.eval_samples}
     return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The seeds ``budget_parser``'s options select: ``--seeds`` of them from ``--first-seed``."""
+    count = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    return list(range(args.first_seed, args.first_seed + count))
 
 
 def _cuda() -> bool:

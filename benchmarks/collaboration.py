@@ -4,6 +4,7 @@
     python benchmarks/collaboration.py --settings movie:4 --seeds 1  # SmolLM2-135M-Instruct + LoRA, real data
     python benchmarks/collaboration.py                               # movie:4, movie:8, label_skew:4; 3 seeds
     python benchmarks/collaboration.py --gpu                         # bigger budgets (default when CUDA exists)
+    python benchmarks/collaboration.py --settings movie:4 --party-samples 32   # small silos: 32 reviews each
 
 Every method is a federation run through ``mpctf.run`` with the same model, LoRA, batch size, learning rate,
 rounds and seeds; only who trains on what changes:
@@ -14,6 +15,9 @@ rounds and seeds; only who trains on what changes:
 * federated FedAvg and federated ``--best-strategy``: all parties, ``local_steps`` each per round;
 * centralized: one party holding the pooled training rows of all parties, doing ``K × local_steps`` steps per
   round, so it spends the federation's total step budget (the upper bound).
+
+``--party-samples N`` models silos with little labelled data: each party keeps a seeded sample of N rows of its
+share, and every method trains on exactly those rows (centralized on their union).
 
 Settings are ``split:parties``: ``movie`` deals whole movies to parties; ``label_skew`` is a pathological label
 skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes ``results.md``,
@@ -44,6 +48,7 @@ from _harness import (
     plot_curves,
     run_isolated,
     save_json,
+    seeds_of,
     write_csv,
 )
 
@@ -220,8 +225,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = pick_budget(args)
-    if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+    seeds = seeds_of(args)
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"Command: `{command_line()}`",
@@ -236,10 +240,15 @@ def main(argv: list[str] | None = None) -> None:
         split, parties = setting.split(":")
         per_seed = [
             run_setting(budget, split, int(parties), seed, args.best_strategy, args.out, args.party_samples)
-            for seed in range(args.seeds)
+            for seed in seeds
         ]
         rows, curves = summarize(per_seed, args.best_strategy)
-        lines += [f"### {split} split, {parties} parties, {args.seeds} seed(s)", "", render(rows), ""]
+        lines += [
+            f"### {split} split, {parties} parties, seeds {', '.join(map(str, seeds))}",
+            "",
+            render(rows),
+            "",
+        ]
         for r in rows:
             csv_rows.append(
                 {

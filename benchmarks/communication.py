@@ -33,6 +33,7 @@ from _harness import (
     plot_curves,
     run_isolated,
     save_json,
+    seeds_of,
     write_csv,
 )
 
@@ -62,15 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = pick_budget(args)
-    if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+    seeds = seeds_of(args)
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.chains.split(",")
     unknown = [n for n in names if n not in CHAINS]
     if unknown:
         raise SystemExit(f"unknown chain {unknown[0]!r}; known: {', '.join(CHAINS)}")
     outcomes: dict[str, list[RunOutcome]] = {}
-    for seed in range(args.seeds):
+    for seed in seeds:
         for label in names:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace("%", "pct")).strip("-")
             tag = f"{slug}-s{seed}"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"Command: `{command_line()}`",
             f"Machine: {machine()}",
-            f"Budget: {budget}; split {args.split}, {args.parties} parties, FedAvg, {args.seeds} seed(s)",
+            f"Budget: {budget}; split {args.split}, {args.parties} parties, FedAvg, seeds {', '.join(map(str, seeds))}",
             "",
             table,
             "",

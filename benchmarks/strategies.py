@@ -36,6 +36,7 @@ from _harness import (
     plot_curves,
     run_isolated,
     save_json,
+    seeds_of,
     write_csv,
 )
 
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in args.robust.split(",") if n not in ROBUST]
     if unknown:
         raise SystemExit(f"--robust: unknown strategy {unknown[0]!r}; known: {', '.join(ROBUST)}")
-    if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+    seeds = seeds_of(args)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = args.out / "runs"
     lines = [f"Command: `{command_line()}`", f"Machine: {machine()}", f"Budget: {budget}", ""]
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("clean", "both"):
         names = args.strategies.split(",") if args.strategies else STRATEGIES.names()
         outcomes: dict[str, list[RunOutcome]] = {}
-        for seed in range(args.seeds):
+        for seed in seeds:
             fedavg_norm = None
             for name in sorted(names, key=lambda n: n != "fedavg"):  # fedavg first: norm_bounded's bound
                 spec = strategy_spec(name, args.parties, fedavg_norm)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
         rows, csv_rows = table_rows(outcomes, None)
         lines += [
-            f"### Every strategy, movie split, {args.parties} parties, {args.seeds} seed(s)",
+            f"### Every strategy, movie split, {args.parties} parties, seeds {', '.join(map(str, seeds))}",
             "",
             markdown_table(
                 ["strategy", "final accuracy", "best round's accuracy", "final eval loss", "wall time (s)"],
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("attack", "both"):
         n = args.attack_parties
         outcomes = {}
-        for seed in range(args.seeds):
+        for seed in seeds:
             base = base_config(
                 budget, name=f"noattack-s{seed}", seed=seed, num_parties=n, split="movie", out=runs
             )
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
         rows, csv_rows = table_rows(outcomes, outcomes["fedavg, no attack"])
         lines += [
-            f"### Two malicious parties of {n}, movie split, {args.seeds} seed(s)",
+            f"### Two malicious parties of {n}, movie split, seeds {', '.join(map(str, seeds))}",
             "",
             markdown_table(
                 [
