@@ -103,11 +103,18 @@ def test_two_processes_give_the_one_process_update(
     assert one.tensors.keys() == two.tensors.keys()
     scale = max(float(t.abs().max()) for t in one.tensors.values())
     assert scale > 0
-    # AdamW divides by each entry's gradient RMS, so where a gradient is near zero (embedding rows of tokens
-    # barely seen, only in full fine-tuning) rounding shows more: measured, 1 entry of 3.1 M at 1.7e-4 of scale.
-    atol = (1e-3 if mode == "full" else 1e-4) * scale
-    for key, tensor in one.tensors.items():
-        torch.testing.assert_close(two.tensors[key], tensor, rtol=0, atol=atol, msg=key)
+    if mode != "full":
+        for key, tensor in one.tensors.items():
+            torch.testing.assert_close(two.tensors[key], tensor, rtol=0, atol=1e-4 * scale, msg=key)
+    else:
+        # AdamW divides by each entry's gradient RMS, so where a gradient is near zero (embedding rows of tokens
+        # barely seen) summation order alone moves an entry by up to an optimizer step (lr each): a one-process
+        # control with two micro-batches differs from one process just as much (benchmarks/party_sharding.py).
+        # So a handful of entries (at most 1 in 10,000) may differ by at most lr per step; all others agree.
+        lr, steps = 5e-3, 3
+        diffs = torch.cat([(two.tensors[k] - t).abs().flatten() for k, t in one.tensors.items()])
+        assert int((diffs > 1e-4 * scale).sum()) <= 1e-4 * diffs.numel()
+        assert float(diffs.max()) <= lr * steps
     # The other rank is gone once the worker is closed.
     assert pids and not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
 
