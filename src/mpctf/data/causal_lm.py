@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from mpctf.data.sources import Row
-from mpctf.data.task_base import TASKS, Example, Task, perplexity, token_logits, token_nll
+from mpctf.data.task_base import TASKS, Example, Task, perplexity, scored_logits, token_nll
 from mpctf.errors import DataError
 
 
@@ -61,7 +61,7 @@ class CausalLmTask(Task):
         nll_sum, count = 0.0, 0
         for i in range(0, len(examples), batch_size):
             batch = self.collate(examples[i : i + batch_size]).to(device)
-            total, n = token_nll(token_logits(model, batch), batch.labels)
+            total, n = token_nll(*scored_logits(model, batch)[:2])
             nll_sum += float(total)
             count += n
         return {"perplexity": perplexity(nll_sum, count), "eval_loss": nll_sum / max(count, 1)}

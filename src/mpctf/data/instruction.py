@@ -16,7 +16,7 @@ import torch
 
 from mpctf.config import TaskConfig
 from mpctf.data.sources import Row
-from mpctf.data.task_base import TASKS, Example, Task, token_logits, token_nll
+from mpctf.data.task_base import TASKS, Example, Task, scored_logits, token_nll
 from mpctf.errors import DataError
 
 _TRAILING_PUNCT = re.compile(r"[\s.!?,;:]+$")
@@ -124,7 +124,7 @@ class InstructionTask(Task):
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
             batch = self.collate(chunk).to(device)
-            total, n = token_nll(token_logits(model, batch), batch.labels)
+            total, n = token_nll(*scored_logits(model, batch)[:2])
             nll_sum, count = nll_sum + float(total), count + n
             predictions += self.generate(model, [e.input_ids[: e.prompt_len] for e in chunk], device)
             references += [

@@ -18,7 +18,7 @@ import torch
 from mpctf.config import RunConfig, TaskConfig
 from mpctf.data import causal_lm, instruction  # noqa: F401  (registration side effect)
 from mpctf.data.sources import Row
-from mpctf.data.task_base import IGNORE, TASKS, Batch, Example, Task, answer_loss, collate, token_logits
+from mpctf.data.task_base import IGNORE, TASKS, Batch, Example, Task, answer_loss, collate, scored_logits
 from mpctf.errors import DataError
 
 __all__ = ["IGNORE", "TASKS", "Batch", "ClassificationTask", "Example", "Task", "answer_loss", "collate"]
@@ -78,13 +78,15 @@ class ClassificationTask(Task):
         """``accuracy`` of the verbalizer predictions and ``eval_loss``, the mean per-row answer loss."""
         model.eval()
         correct, loss_sum = 0, 0.0
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
+        # Batches of similar lengths pad less; the metrics are sums over rows, so the order does not matter.
+        by_length = sorted(examples, key=lambda e: len(e.input_ids))
+        for i in range(0, len(by_length), batch_size):
+            chunk = by_length[i : i + batch_size]
             batch = self.collate(chunk).to(device)
-            logits = token_logits(model, batch)
-            predicted = verbalizer_predictions(logits, batch.prompt_end, self.first_answer_ids)
+            logits, labels, start = scored_logits(model, batch)
+            predicted = verbalizer_predictions(logits, batch.prompt_end - start, self.first_answer_ids)
             correct += int((predicted == batch.label).sum())
-            loss_sum += float(answer_loss(logits, batch.labels)) * len(chunk)
+            loss_sum += float(answer_loss(logits, labels)) * len(chunk)
         n = max(len(examples), 1)
         return {"accuracy": correct / n, "eval_loss": loss_sum / n}
 

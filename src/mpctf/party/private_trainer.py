@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mpctf.aggregation.base import PartyHooks
-from mpctf.data.task_base import token_logits
+from mpctf.data.task_base import scored_logits
 from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.trainer import TrainSettings, TrainStats
@@ -82,7 +82,8 @@ def train_round_private(
                 private.empty_batch_step()
                 continue
             batch = task.collate([examples[int(i)] for i in indices]).to(device)
-            loss = sequence_mean_lm_loss(token_logits(private.model, batch), batch.labels)
+            logits, labels, _ = scored_logits(private.model, batch)
+            loss = sequence_mean_lm_loss(logits, labels)
             extra = hooks.extra_loss(params)
             (loss if extra is None else loss + extra).backward()
             hooks.adjust_gradients(params)
