@@ -5,6 +5,7 @@
     python benchmarks/collaboration.py                               # movie:4, movie:8, label_skew:4; 3 seeds
     python benchmarks/collaboration.py --gpu                         # bigger budgets (default when CUDA exists)
     python benchmarks/collaboration.py --settings movie:4 --party-samples 32   # small silos: 32 reviews each
+    python benchmarks/collaboration.py --merge runs/a runs/b --out runs/ab     # one table from several runs
 
 Every method is a federation run through ``mpctf.run`` with the same model, LoRA, batch size, learning rate,
 rounds and seeds; only who trains on what changes:
@@ -22,14 +23,20 @@ share, and every method trains on exactly those rows (centralized on their union
 Settings are ``split:parties``: ``movie`` deals whole movies to parties; ``label_skew`` is a pathological label
 skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes ``results.md``,
 ``results.csv``, ``curves.json`` and one ``accuracy_<setting>.png`` per setting into ``--out``.
+
+``--merge`` trains nothing: it joins the tables of earlier invocations (for example seeds run on different days
+or machines) into one, refusing folders whose budgets, rows per party or methods differ, or that repeat a seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="each party keeps only this many of its rows (a seeded sample): silos with little labelled data",
     )
     ap.add_argument("--out", type=Path, default=Path("runs/bench-collaboration"))
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="train nothing: join the tables in these earlier --out folders into one, written to --out",
+    )
     args = ap.parse_args(argv)
     if args.party_samples is not None and args.party_samples < 1:
         ap.error("--party-samples must be at least 1")
@@ -222,20 +236,130 @@ def render(rows: list[dict[str, Any]]) -> str:
     )
 
 
+@dataclass
+class SettingTable:
+    """One setting's table: its rows (see :func:`summarize`), accuracy curves and seeds."""
+
+    setting: str
+    seeds: list[int]
+    rows: list[dict[str, Any]]
+    curves: dict[str, list[list[float]]]
+
+
+def write_report(out: Path, header: list[str], tables: list[SettingTable], model: str) -> None:
+    """``results.md``, ``results.csv``, ``curves.json`` and one accuracy plot per setting, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = list(header)
+    csv_rows: list[dict[str, Any]] = []
+    for t in tables:
+        split, parties = t.setting.split(":")
+        lines += [
+            f"### {split} split, {parties} parties, seeds {', '.join(map(str, t.seeds))}",
+            "",
+            render(t.rows),
+            "",
+        ]
+        csv_rows += [
+            {
+                "setting": t.setting,
+                "method": r["method"],
+                "accuracy_per_seed": ";".join(f"{a:.4f}" for a in r["acc"]),
+                "eval_loss_per_seed": ";".join(f"{v:.4f}" for v in r["loss"]),
+                "seconds_per_run": ";".join(f"{s:.1f}" for s in r["seconds"]),
+                "bytes_moved": ";".join(str(b) for b in r["bytes"]),
+                "peak_mem_bytes": ";".join(str(p) for p in r["peak"]),
+            }
+            for r in t.rows
+        ]
+        plot_curves(
+            out / f"accuracy_{split}_{parties}.png", f"{split} split, {parties} parties ({model})", t.curves
+        )
+    (out / "results.md").write_text("\n".join(lines))
+    write_csv(out / "results.csv", csv_rows)
+    save_json(out / "curves.json", {t.setting: t.curves for t in tables})
+    print(f"wrote {out}/results.md, results.csv, curves.json and the plots")
+
+
+_HEADING = re.compile(r"^### (\w+) split, (\d+) parties, seeds (.+)$")
+#: Lines of results.md that must agree for two folders' runs to share one table.
+_SAME = ("Budget:", "Rows per party:")
+
+
+def merge(dirs: list[Path], out: Path) -> None:
+    """Join earlier invocations' tables (their ``results.md``, ``results.csv`` and ``curves.json``) into one."""
+    header: dict[str, str] = {}
+    provenance: list[str] = []
+    tables: dict[str, SettingTable] = {}
+    for d in dirs:
+        files = [d / "results.md", d / "results.csv", d / "curves.json"]
+        if missing := [f.name for f in files if not f.is_file()]:
+            raise SystemExit(f"--merge: {d} has no {', '.join(missing)}; give --out folders of this script")
+        md = files[0].read_text().splitlines()
+        for key in _SAME:
+            line = next((x for x in md if x.startswith(key)), "")
+            if header.setdefault(key, line) != line:
+                raise SystemExit(f"--merge: {d} differs from {dirs[0]} in its {key.rstrip(':')} ({line!r})")
+        provenance += [x for x in md if x.startswith(("Command:", "Machine:"))]
+        seeds = {f"{m[1]}:{m[2]}": [int(v) for v in m[3].split(", ")] for m in map(_HEADING.match, md) if m}
+        with files[1].open(newline="") as fh:
+            csv_rows = list(csv.DictReader(fh))
+        curves = json.loads(files[2].read_text())
+        for setting, setting_seeds in seeds.items():
+            rows = [_row_of(r) for r in csv_rows if r["setting"] == setting]
+            table = tables.setdefault(
+                setting, SettingTable(setting, [], [{**r, **{k: [] for k in _COLUMNS}} for r in rows], {})
+            )
+            if repeated := set(setting_seeds) & set(table.seeds):
+                raise SystemExit(f"--merge: {d} repeats seed(s) {sorted(repeated)} of setting {setting}")
+            if [r["method"] for r in rows] != [r["method"] for r in table.rows]:
+                raise SystemExit(f"--merge: {d} compares other methods in setting {setting} than {dirs[0]}")
+            table.seeds += setting_seeds
+            for mine, theirs in zip(table.rows, rows, strict=True):
+                for key in _COLUMNS:
+                    mine[key] += theirs[key]
+            for method, per_seed in curves[setting].items():
+                table.curves.setdefault(method, []).extend(per_seed)
+    model = re.search(r"model='([^']+)'", header["Budget:"])
+    write_report(
+        out,
+        [*provenance, *(header[k] for k in _SAME), f"Merged from: {', '.join(map(str, dirs))}", ""],
+        list(tables.values()),
+        model[1] if model else "",
+    )
+
+
+_COLUMNS = ("acc", "loss", "seconds", "bytes", "peak")
+
+
+def _row_of(r: dict[str, str]) -> dict[str, Any]:
+    def values(key: str, kind: type) -> list[Any]:
+        return [kind(v) for v in r[key].split(";") if v]
+
+    return {
+        "method": r["method"],
+        "acc": values("accuracy_per_seed", float),
+        "loss": values("eval_loss_per_seed", float),
+        "seconds": values("seconds_per_run", float),
+        "bytes": values("bytes_moved", int),
+        "peak": values("peak_mem_bytes", int),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     budget = pick_budget(args)
     seeds = seeds_of(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    lines = [
+    header = [
         f"Command: `{command_line()}`",
         f"Machine: {machine()}",
         f"Budget: {budget}",
         f"Rows per party: {args.party_samples or 'its whole share of the split'}",
         "",
     ]
-    csv_rows: list[dict[str, Any]] = []
-    all_curves: dict[str, Any] = {}
+    tables = []
     for setting in args.settings.split(","):
         split, parties = setting.split(":")
         per_seed = [
@@ -243,35 +367,10 @@ def main(argv: list[str] | None = None) -> None:
             for seed in seeds
         ]
         rows, curves = summarize(per_seed, args.best_strategy)
-        lines += [
-            f"### {split} split, {parties} parties, seeds {', '.join(map(str, seeds))}",
-            "",
-            render(rows),
-            "",
-        ]
-        for r in rows:
-            csv_rows.append(
-                {
-                    "setting": setting,
-                    "method": r["method"],
-                    "accuracy_per_seed": ";".join(f"{a:.4f}" for a in r["acc"]),
-                    "eval_loss_per_seed": ";".join(f"{v:.4f}" for v in r["loss"]),
-                    "seconds_per_run": ";".join(f"{s:.1f}" for s in r["seconds"]),
-                    "bytes_moved": ";".join(str(b) for b in r["bytes"]),
-                    "peak_mem_bytes": ";".join(str(p) for p in r["peak"]),
-                }
-            )
-        all_curves[setting] = curves
-        plot_curves(
-            args.out / f"accuracy_{split}_{parties}.png",
-            f"{split} split, {parties} parties ({budget.model})",
-            curves,
-        )
-        print("\n".join(lines[-4:]), flush=True)
-    (args.out / "results.md").write_text("\n".join(lines))
-    write_csv(args.out / "results.csv", csv_rows)
-    save_json(args.out / "curves.json", all_curves)
-    print(f"wrote {args.out}/results.md, results.csv, curves.json and the plots")
+        tables.append(SettingTable(setting, seeds, rows, curves))
+        print(f"### {setting}, seeds {seeds}\n\n{render(rows)}\n", flush=True)
+        # Written after every setting, so a long invocation that stops keeps the settings it finished.
+        write_report(args.out, header, tables, budget.model)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(script: str, out: Path, *args: str) -> str:
+def benchmark(script: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> str:
+    proc = benchmark(script, out, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return (out / "results.md").read_text()
 
@@ -56,6 +60,29 @@ def test_collaboration_quick(tmp_path: Path) -> None:
     assert pooled == silos[0] + silos[1]  # centralized trains on exactly the parties' rows
     federated = (runs / "fedavg-movie-2p-s0-n20" / "config.yaml").read_text()
     assert all(f"data-movie-2p-s0-n20-party{i}.jsonl" in federated for i in (0, 1))
+    check_merge(tmp_path, rows)
+
+
+def check_merge(first: Path, rows: list[dict[str, str]]) -> None:
+    """--merge joins two invocations' tables (here the same run, relabelled as seed 1) and refuses bad joins."""
+    second = first.parent / "seed1"
+    second.mkdir()
+    for name in ("results.csv", "curves.json"):
+        (second / name).write_bytes((first / name).read_bytes())
+    (second / "results.md").write_text((first / "results.md").read_text().replace("seeds 0", "seeds 1"))
+    merged = first.parent / "merged"
+    text = run_benchmark("collaboration.py", merged, "--merge", str(first), str(second))
+    assert "### movie split, 2 parties, seeds 0, 1" in text
+    joined = {r["method"]: r for r in csv.DictReader((merged / "results.csv").open())}
+    for r in rows:
+        for key in ("accuracy_per_seed", "seconds_per_run", "peak_mem_bytes"):
+            assert joined[r["method"]][key] == ";".join(v for v in (r[key], r[key]) if v)
+    assert (merged / "accuracy_movie_2.png").stat().st_size > 0
+    refused = benchmark("collaboration.py", first.parent / "no", "--merge", str(first), str(first))
+    assert refused.returncode != 0 and "repeats seed(s) [0] of setting movie:2" in refused.stderr
+    (second / "results.md").write_text((second / "results.md").read_text().replace("rounds=2", "rounds=3"))
+    refused = benchmark("collaboration.py", first.parent / "no", "--merge", str(first), str(second))
+    assert refused.returncode != 0 and "differs from" in refused.stderr and "Budget" in refused.stderr
 
 
 @pytest.mark.slow
