@@ -42,8 +42,8 @@ MOVIE_TASK: dict[str, Any] = {
 class Budget:
     """The knobs every benchmark shares; the same budget is used for every method being compared."""
 
-    # The CPU default is sized for a 2-core machine: one SmolLM2 step of 8 reviews takes ~4 s there and scoring
-    # 100 held-out reviews ~40 s, so a 4-party run of 3 rounds takes ~5 minutes.
+    # The CPU default is sized for a 2-core machine: one SmolLM2 step of 8 reviews takes ~2 s there and scoring
+    # 128 held-out reviews ~10 s (benchmarks/evaluation.py), so a 4-party run of 3 rounds takes ~2.5 minutes.
     model: str = "smollm2-135m-instruct"
     rounds: int = 3
     local_steps: int = 3

@@ -105,3 +105,16 @@ def test_strategies_quick(tmp_path: Path) -> None:
     )  # fmt: skip
     assert "| fedavg, no attack |" in text and "| krum, sign_flip |" in text
     assert (tmp_path / "accuracy_attack.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_evaluation_speed_benchmark_checks_both_ways_agree() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    script = str(ROOT / "benchmarks" / "evaluation.py")
+    args = ["--model", "tiny-llama", "--samples", "16", "--repeats", "1"]
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out reviews: 16" in proc.stdout and "accuracy" in proc.stdout
+    assert "answer positions only" in proc.stdout
