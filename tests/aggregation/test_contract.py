@@ -123,10 +123,10 @@ def train_party(
         for p in params.values():
             p.grad = None
         loss.backward()
-        hooks.adjust_gradients(params)
         with torch.no_grad():
             for p in params.values():
                 p -= LR * p.grad
+            hooks.after_step(params, LR)
     local = {k: (params[k].detach() if k in params else v.float()) for k, v in task.state.items()}
     delta = {k: local[k] - task.state[k].float() for k in task.state}
     extra_tensors = hooks.after_training(local, task.state, STEPS, LR)

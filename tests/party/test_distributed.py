@@ -184,8 +184,8 @@ def test_other_ranks_die_with_the_party_process(tmp_path: Path, how: str) -> Non
 @pytest.mark.flower
 def test_flower_run_with_fsdp_parties_follows_the_one_process_run(tmp_path: Path) -> None:
     """On Flower each party worker is its own process and starts its rank 1. Full fine-tuning with SCAFFOLD,
-    every party's model sharded over its two processes (FSDP, gloo): round 2's gradient corrections act on the
-    sharded gradients, and the held-out loss after each round is the one-process local run's. The run ends with
+    every party's model sharded over its two processes (FSDP, gloo): round 2's step corrections act on the
+    sharded parameters, and the held-out loss after each round is the one-process local run's. The run ends with
     every rank."""
     before = {p.pid for p in _all_ranks()}
     common = {"federation.rounds": 2, "training.local_steps": 2, "training.mode": "full"}

@@ -44,11 +44,9 @@ def train_epoch(private) -> list[int]:
     for (batch,) in private.data_loader:
         sizes.append(len(batch))
         private.optimizer.zero_grad()
-        if len(batch) == 0:
-            private.empty_batch_step()
-            continue
-        sequence_mean_lm_loss(private.model(input_ids=batch).logits, batch).backward()
-        private.optimizer.step()
+        if len(batch) > 0:
+            sequence_mean_lm_loss(private.model(input_ids=batch).logits, batch).backward()
+        private.step(empty_batch=len(batch) == 0)
     return sizes
 
 
@@ -136,7 +134,7 @@ def test_empty_poisson_batch_step_adds_noise_only():
     private = private_training(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     private.optimizer.zero_grad()
-    private.empty_batch_step()
+    private.step(empty_batch=True)
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
     private.release()
 

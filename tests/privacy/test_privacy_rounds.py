@@ -157,6 +157,36 @@ def test_dp_sgd_reports_growing_epsilon_per_party(tmp_path: Path) -> None:
     assert "Sample-level DP-SGD" in (tmp_path / "run/report.md").read_text()
 
 
+def _dp_sgd_update_norms(tmp_path: Path, strategy: dict[str, Any]) -> list[float]:
+    # No noise and a loose clip, so the only difference between two runs is the strategy's party-side term.
+    sample_dp = {"noise_multiplier": 0.0, "max_grad_norm": 100.0}
+    cfg = tiny_config_dict(tmp_path, **{"privacy": {"sample_dp": sample_dp}, "federation.strategy": strategy})
+    run(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run/metrics.jsonl")
+    return [r["update_norm"] for r in records if r["event"] == "party_round"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "same_as"),
+    [
+        ({"name": "fedprox", "mu": 1000.0}, {"name": "fedprox", "mu": 0.0}),
+        ({"name": "scaffold"}, {"name": "fedavg"}),
+    ],
+)
+def test_a_strategys_party_side_term_survives_dp_sgd(tmp_path: Path, strategy, same_as) -> None:
+    """Opacus replaces ``.grad`` with the noised per-example sum, so FedProx's proximal gradient and SCAFFOLD's
+    correction must act after the noise; before, μ = 1000 and μ = 0 gave bit-identical adapters."""
+    with_term = _dp_sgd_update_norms(tmp_path / "with", strategy)
+    without = _dp_sgd_update_norms(tmp_path / "without", same_as)
+    if strategy["name"] == "fedprox":
+        # μ‖w − x‖² pulls every step back to the round's start: far shorter updates, in both rounds.
+        assert all(a < 0.5 * b for a, b in zip(with_term, without, strict=True))
+    else:
+        # c = c_i = 0 in round 1; from round 2 each party's steps are corrected by c − c_i ≠ 0.
+        assert with_term[:2] == pytest.approx(without[:2]) and with_term[2:] != pytest.approx(without[2:])
+
+
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [

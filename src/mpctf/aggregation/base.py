@@ -36,8 +36,8 @@ class PartyHooks:
 
     Before training, the trainer adds ``merge_into_base`` into the frozen base weights and trains only the
     tensors for which ``trainable`` is true. It calls ``extra_loss`` after computing the task loss,
-    ``adjust_gradients`` after ``backward`` and before the optimizer step, and ``after_training`` once, to add
-    tensors to the update's ``extra``. Tensors are addressed by their trainable-state keys.
+    ``after_step`` after every optimizer step (without autograd), and ``after_training`` once, to add tensors to
+    the update's ``extra``. Tensors are addressed by their trainable-state keys.
     """
 
     def trainable(self, name: str) -> bool:
@@ -51,7 +51,13 @@ class PartyHooks:
     def extra_loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor | None:
         return None
 
-    def adjust_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
+    def after_step(self, params: dict[str, torch.nn.Parameter], lr: float) -> None:
+        """Move the parameters after the optimizer's step (``lr`` is the local learning rate).
+
+        A correction made here keeps its size whatever the local optimizer: added to the gradients instead, AdamW
+        would normalise it with the gradients' moments, and DP-SGD's optimizer would overwrite it with the noised
+        per-example sum.
+        """
         return None
 
     def after_training(

@@ -10,9 +10,14 @@ number ``N`` of all parties: ``x ← x + η_g Σ_i w_i Δy_i / Σ_i w_i`` (unifo
 Exchanged: ``x`` down as the state and ``c`` as the round payload; ``Δy_i`` up as the update and ``Δc_i`` in
 its ``extra`` (keys ``delta_c/<name>``). Server state: ``c``. Party state (``party_state``): ``c_i``.
 
-The correction ``c − c_i`` is added to the gradients before the optimizer step; the paper's rule assumes plain
-SGD with learning rate ``η_l``, so with an adaptive local optimizer ``c_i⁺`` is an estimate of the average
-update direction rather than of the average gradient.
+The correction is applied to the parameters after each optimizer step, ``y ← y − η_l (c − c_i)``, which for
+plain SGD is the paper's rule exactly. With the local AdamW it keeps ``c`` and ``c_i`` in the units of the
+optimizer's steps: ``c_i⁺`` becomes party ``i``'s mean update direction ``(x − y) / (K η_l)`` without the
+correction, and the correction swaps it for the parties' mean. Added to the gradients instead, a correction of
+that size (order 1 per entry) would swamp gradients of order 1e-3 inside Adam's normalisation, and every party
+would step along ``sign(c − c_i)`` whatever its data: measured, accuracy swinging between the two labels from
+round to round on the label-skew split. DP-SGD's optimizer would also overwrite a gradient correction with its
+noised per-example sum.
 """
 
 from __future__ import annotations
@@ -52,8 +57,8 @@ def option_ii_control(
 
 
 class ScaffoldHooks(PartyHooks):
-    """Corrects every gradient by ``c − c_i`` and computes ``Δc_i`` after training; ``c_i`` lives in
-    ``party_state`` so it survives across rounds."""
+    """Moves the parameters by ``−η_l (c − c_i)`` after every step and computes ``Δc_i`` after training;
+    ``c_i`` lives in ``party_state`` so it survives across rounds."""
 
     def __init__(
         self, c_server: NamedTensors, global_state: NamedTensors, party_state: dict[str, Any]
@@ -65,17 +70,16 @@ class ScaffoldHooks(PartyHooks):
         self._c_party: NamedTensors = saved if saved is not None else zeros_like_f32(self._c)
         self._corrections: NamedTensors = {}
 
-    def adjust_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
+    def after_step(self, params: dict[str, torch.nn.Parameter], lr: float) -> None:
         for name, p in params.items():
-            if p.grad is not None:
-                p.grad.add_(self._correction(name, p.grad))
+            p.sub_(self._correction(name, p), alpha=lr)
 
-    def _correction(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        # Computed once per round on the gradient's device: c and c_i do not change while the party trains.
+    def _correction(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        # Computed once per round next to the parameter: c and c_i do not change while the party trains.
         if name not in self._corrections:
             if name not in self._c:
                 raise ValueError(f"scaffold: trainable tensor {name!r} has no server control variate")
-            self._corrections[name] = laid_out_like(self._c[name] - self._c_party[name], grad)
+            self._corrections[name] = laid_out_like(self._c[name] - self._c_party[name], param)
         return self._corrections[name]
 
     def after_training(

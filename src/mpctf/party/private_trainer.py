@@ -23,7 +23,7 @@ from mpctf.aggregation.base import PartyHooks
 from mpctf.data.task_base import scored_logits
 from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
-from mpctf.party.trainer import TrainSettings, TrainStats
+from mpctf.party.trainer import TrainSettings, TrainStats, add_extra_loss_gradient
 from mpctf.privacy.config import SampleDpConfig
 
 
@@ -78,19 +78,20 @@ def train_round_private(
                 break
             steps += 1
             private.optimizer.zero_grad(set_to_none=True)
-            if len(indices) == 0:
-                private.empty_batch_step()
-                continue
-            batch = task.collate([examples[int(i)] for i in indices]).to(device)
-            logits, labels, _ = scored_logits(private.model, batch)
-            loss = sequence_mean_lm_loss(logits, labels)
-            extra = hooks.extra_loss(params)
-            (loss if extra is None else loss + extra).backward()
-            hooks.adjust_gradients(params)
-            private.optimizer.step()
-            loss_sum += float(loss.detach()) * len(indices)
-            samples += len(indices)
-            tokens += batch.num_tokens
+            if len(indices) > 0:
+                batch = task.collate([examples[int(i)] for i in indices]).to(device)
+                logits, labels, _ = scored_logits(private.model, batch)
+                loss = sequence_mean_lm_loss(logits, labels)
+                loss.backward()
+                loss_sum += float(loss.detach()) * len(indices)
+                samples += len(indices)
+                tokens += batch.num_tokens
+            private.step(
+                empty_batch=len(indices) == 0,
+                add_public_gradient=lambda: add_extra_loss_gradient(hooks.extra_loss(params), stepped),
+            )
+            with torch.no_grad():
+                hooks.after_step(params, settings.lr)
         epsilon = private.epsilon(config.delta)
         ledger.state = private.accountant_state()
     finally:

@@ -102,8 +102,9 @@ def train_round(
                 samples += len(chunk)
                 tokens += batch.num_tokens
         add_extra_loss_gradient(hooks.extra_loss(params), stepped)
-        hooks.adjust_gradients(params)
         optimizer.step()
+        with torch.no_grad():
+            hooks.after_step(params, settings.lr)
     model.eval()
     loss_sum, samples, tokens = shard.total([loss_sum, samples, tokens])
     return TrainStats(

@@ -17,6 +17,7 @@ could be in every step: a safe upper bound when the party trains on a different 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,14 +47,25 @@ class PrivateTraining:
         state = self.engine.accountant.state_dict()
         return {"mechanism": state["mechanism"], "history": [list(h) for h in state["history"]]}
 
-    def empty_batch_step(self) -> None:
-        """Optimizer step for an empty Poisson batch: noise only (Llama and others cannot run a 0-row batch).
+    def step(
+        self, *, empty_batch: bool = False, add_public_gradient: Callable[[], None] | None = None
+    ) -> None:
+        """Clip and noise the per-example gradients, then update. An empty Poisson batch (``backward`` not run)
+        is a noise-only step: Llama and others cannot run a 0-row batch, and skipping the step would bias
+        training and break the accounting, which counts every step.
 
-        Skipping the step instead would bias training and break the accounting, which counts every step.
+        ``add_public_gradient`` runs between the noise and the update, for gradient terms that do not depend on
+        the data (FedProx's proximal term): Opacus replaces ``.grad`` with the noised per-example sum, so a term
+        added before the step would be lost, and adding it after the noise spends no privacy.
         """
-        for p in trainable_parameters(self.model):
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-        self.optimizer.step()
+        if empty_batch:
+            for p in trainable_parameters(self.model):
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        # DPOptimizer.step() is pre_step() (clip, noise, scale, account) followed by the wrapped optimizer's step.
+        if self.optimizer.pre_step():
+            if add_public_gradient is not None:
+                add_public_gradient()
+            self.optimizer.original_optimizer.step()
 
     def release(self) -> None:
         """Remove Opacus's hooks and per-sample gradients so the model is a plain module again."""
@@ -82,7 +94,7 @@ def make_private(
     ``optimizer`` must hold only trainable parameters (those are the ones that get per-example gradients and
     noise). ``accountant_state`` restores the ledger of earlier rounds, so ε keeps growing across rounds.
     The loss must be a mean over examples (see :func:`sequence_mean_lm_loss`). With Poisson sampling a batch
-    can be empty: call :meth:`PrivateTraining.empty_batch_step` instead of the forward/backward/step.
+    can be empty: then call :meth:`PrivateTraining.step` with ``empty_batch=True`` and no forward/backward.
     """
     if noise_multiplier < 0 or max_grad_norm <= 0:
         raise ValueError(
