@@ -178,3 +178,13 @@ def test_dp_sgd_with_several_processes_per_party_is_refused(tmp_path: Path) -> N
     assert line == (
         "config key `privacy`: sample_dp trains in one process per party, but party 'alice' has 2 processes"
     )
+
+
+def test_momentum_needs_the_sgd_optimizer(tmp_path: Path) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **{"training.momentum": 0.9}))
+    assert (
+        line
+        == "config key `training`: `momentum` only applies to optimizer 'sgd', but `optimizer` is 'adamw'"
+    )
+    sgd = load_config(tiny_config_dict(tmp_path, **{"training.optimizer": "sgd", "training.momentum": 0.9}))
+    assert (sgd.training.optimizer, sgd.training.momentum) == ("sgd", 0.9)

@@ -35,6 +35,15 @@ def test_strategy_runs_and_moves_the_model(tmp_path: Path, strategy: dict) -> No
     assert all(r["bandwidth_bps"] > 0 for r in records if r["event"] == "party_round")
 
 
+def test_scaffold_with_local_sgd_the_rule_its_paper_analyses(tmp_path: Path) -> None:
+    overrides = {"federation.rounds": 2, "federation.strategy": {"name": "scaffold"}}
+    sgd = {"training.optimizer": "sgd", "training.momentum": 0.5, "training.lr": 0.5}
+    result = mpctf.run(tiny_config_dict(tmp_path, **overrides, **sgd), run_dir=tmp_path / "run")
+    adamw = mpctf.run(tiny_config_dict(tmp_path, **overrides), run_dir=tmp_path / "adamw")
+    assert result.rounds[-1]["eval_loss"] < result.rounds[0]["eval_loss"]
+    assert result.rounds[-1]["eval_loss"] != adamw.rounds[-1]["eval_loss"]
+
+
 def test_ffa_lora_keeps_lora_a_frozen(tmp_path: Path) -> None:
     cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 1, "federation.strategy": {"name": "ffa_lora"}})
     mpctf.run(cfg, run_dir=tmp_path / "run")

@@ -180,6 +180,10 @@ class TrainingConfig(Strict):
     batch_size: PositiveInt = 8
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    #: The local optimizer, re-created every round: ``adamw``, or ``sgd``, the rule SCAFFOLD's and FedOpt's
+    #: analyses assume (``momentum`` applies to it only).
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     #: Optimizer steps per round at most; by default one pass over the round's chunk.
     local_steps: PositiveInt | None = None
     max_length: Annotated[int, Field(ge=8)] = 128
@@ -195,6 +199,14 @@ class TrainingConfig(Strict):
     #: one party per process, so not on the local backend). By default fsdp for full and pretrain on GPUs
     #: outside the local backend, ddp otherwise.
     sharding: Literal["ddp", "fsdp"] | None = None
+
+    @model_validator(mode="after")
+    def _momentum_needs_sgd(self) -> TrainingConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(
+                f"`momentum` only applies to optimizer 'sgd', but `optimizer` is {self.optimizer!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> TrainingConfig:

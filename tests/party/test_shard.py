@@ -55,3 +55,28 @@ def test_an_algorithm_term_adds_its_gradient_once_per_step() -> None:
     assert q.grad is not None and q.grad.tolist() == [1.0]
     add_extra_loss_gradient(None, [p, q])
     assert p.grad.tolist() == [10.5, 21.0]
+
+
+def test_the_local_optimizer_steps_by_its_rule() -> None:
+    """g = 2 on p = 1, lr 0.1. SGD with momentum 0.5: buffer 2 → p 0.8, then buffer 0.5·2 + 2 = 3 → p 0.5.
+    AdamW's first step is lr · g / |g| whatever the gradient's size: p 0.9."""
+    from dataclasses import replace
+
+    from mpctf.party.trainer import TrainSettings, local_optimizer
+
+    def two_steps(**kind: object) -> list[float]:
+        p = torch.nn.Parameter(torch.tensor([1.0]))
+        settings = TrainSettings(
+            lr=0.1, weight_decay=0.0, micro_batch=1, grad_accum=1, max_steps=None, seed=0
+        )
+        optimizer = local_optimizer([p], replace(settings, **kind))
+        seen = []
+        for _ in range(2):
+            p.grad = torch.tensor([2.0])
+            optimizer.step()
+            seen.append(round(p.item(), 6))
+        return seen
+
+    assert two_steps(optimizer="sgd", momentum=0.5) == [0.8, 0.5]
+    assert two_steps(optimizer="sgd") == [0.8, 0.6]
+    assert two_steps()[0] == 0.9

@@ -23,7 +23,7 @@ from mpctf.aggregation.base import PartyHooks
 from mpctf.data.task_base import scored_logits
 from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
-from mpctf.party.trainer import TrainSettings, TrainStats, add_extra_loss_gradient
+from mpctf.party.trainer import TrainSettings, TrainStats, add_extra_loss_gradient, local_optimizer
 from mpctf.privacy.config import SampleDpConfig
 
 
@@ -51,7 +51,7 @@ def train_round_private(
     model, device = bundle.model, bundle.device
     params = bundle.mode.trainable_parameters(model)
     stepped = [p for key, p in params.items() if hooks.trainable(key)]
-    optimizer = torch.optim.AdamW(stepped, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = local_optimizer(stepped, settings)
     batch_size = min(settings.micro_batch * settings.grad_accum, len(examples))
     loader = DataLoader(TensorDataset(torch.arange(len(examples))), batch_size=batch_size)
     torch.manual_seed(settings.seed)

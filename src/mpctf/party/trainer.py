@@ -32,6 +32,18 @@ class TrainSettings:
     grad_accum: int
     max_steps: int | None
     seed: int
+    optimizer: str = "adamw"
+    momentum: float = 0.0
+
+
+def local_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """A fresh optimizer for one round: its state belongs to the previous global state, and server-side
+    momentum is the strategies' job."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def add_extra_loss_gradient(extra: torch.Tensor | None, params: Sequence[torch.nn.Parameter]) -> None:
@@ -65,10 +77,8 @@ def train_round(
     *,
     shard: Shard | None = None,
 ) -> TrainStats:
-    """Train on ``examples`` in the given order: micro-batches, gradient accumulation, fresh AdamW per round.
-
-    The optimizer is re-created each round because its moments belong to the previous global state; server-side
-    momentum is the strategies' job. With a ``shard`` (a party trained by several processes) this process trains
+    """Train on ``examples`` in the given order: micro-batches, gradient accumulation, a fresh
+    :func:`local_optimizer` per round. With a ``shard`` (a party trained by several processes) this process trains
     its share of every step and gradients are averaged over the processes; the statistics cover all of them.
     """
     shard = shard or Shard()
@@ -77,7 +87,7 @@ def train_round(
     params = bundle.mode.trainable_parameters(bundle.model)
     # An algorithm may freeze part of the exchanged state at the party (FFA-LoRA keeps lora_A fixed).
     stepped = [p for key, p in params.items() if hooks.trainable(key)]
-    optimizer = torch.optim.AdamW(stepped, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = local_optimizer(stepped, settings)
     per_step = settings.micro_batch * settings.grad_accum
     steps = math.ceil(len(examples) / per_step)
     if settings.max_steps is not None:

@@ -97,6 +97,8 @@ class PartyWorker:
         settings = TrainSettings(
             lr=train.lr,
             weight_decay=train.weight_decay,
+            optimizer=train.optimizer,
+            momentum=train.momentum,
             micro_batch=plan.micro_batch,
             grad_accum=plan.grad_accum,
             max_steps=train.local_steps,
