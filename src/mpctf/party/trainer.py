@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -32,8 +33,8 @@ class TrainSettings:
     grad_accum: int
     max_steps: int | None
     seed: int
-    optimizer: str = "adamw"
-    momentum: float = 0.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.0  # SGD's only
 
 
 def local_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
