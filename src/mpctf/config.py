@@ -306,6 +306,11 @@ class EvalConfig(Strict):
     where: dict[str, list[str]] | None = None
     max_samples: PositiveInt | None = 300
     batch_size: PositiveInt = 32
+    #: Score the global model after every N-th round, and always after the last one: scoring a large held-out
+    #: set can cost as much as a round of training.
+    every_rounds: PositiveInt = 1
+    #: Score the untrained model too (round 0): the baseline that "before training" in the report refers to.
+    before_training: bool = True
 
 
 class DataConfig(Strict):

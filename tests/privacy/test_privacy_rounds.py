@@ -83,10 +83,17 @@ def test_client_dp_records_increasing_epsilon_and_stops_within_budget(tmp_path: 
     eps = [epsilon_for(noise_multiplier=1.0, sampling_rate=1.0, steps=s, delta=1e-5) for s in (1, 2, 3)]
     budget = (eps[1] + eps[2]) / 2  # two rounds fit, the third would exceed it
     cfg = tiny_config_dict(
-        tmp_path, **{"federation.rounds": 4, "privacy": {"client_dp": {**DP, "epsilon_max": budget}}}
+        tmp_path,
+        **{
+            "federation.rounds": 4,
+            "privacy": {"client_dp": {**DP, "epsilon_max": budget}},
+            "data.eval.every_rounds": 4,
+        },
     )
     result = run(cfg, tmp_path / "run")
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
+    # Round 2 is the last the budget allows, so the final model is scored although the schedule skips it.
+    assert [r["round"] for r in result.rounds if "accuracy" in r] == [0, 2]
     recorded = [r["dp_epsilon"] for r in result.rounds[1:]]
     assert all(math.isfinite(e) for e in recorded) and recorded[0] < recorded[1] <= budget
     assert recorded == pytest.approx(eps[:2], rel=1e-6)

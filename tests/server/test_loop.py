@@ -12,6 +12,7 @@ from mpctf.errors import ConfigError, FederationError
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.report.metrics import read_metrics
+from mpctf.report.render import render_report
 from mpctf.runtime.base import PartyReply
 from mpctf.runtime.local import LocalBackend
 from mpctf.server.loop import RoundLoop, max_reply_bytes, measure_bandwidth, select_parties
@@ -61,6 +62,18 @@ def test_loop_applies_sample_weighted_fedavg_each_round(tmp_path: Path, bundle: 
     assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in parties)
     last = result.rounds[-1]
     assert last["cumulative_bytes_up"] == sum(r["bytes_up"] for r in parties)
+
+
+def test_evaluation_scores_every_nth_round_and_always_the_last(tmp_path: Path, bundle: ModelBundle) -> None:
+    schedule = {"federation.rounds": 5, "data.eval.every_rounds": 2, "data.eval.before_training": False}
+    loop = _loop(tmp_path, bundle, {"alice": scripted("alice", 0.0, 1)}, **schedule)
+    result = loop.run()
+    assert [r["round"] for r in result.rounds] == [1, 2, 3, 4, 5]
+    assert [r["round"] for r in result.rounds if "accuracy" in r] == [2, 4, 5]
+    assert all("eval_loss" not in r for r in result.rounds if r["round"] in (1, 3))
+    assert result.initial_accuracy is None and result.final_accuracy == result.rounds[-1]["accuracy"]
+    report = render_report(tmp_path / "run").read_text()
+    assert "| 1 | — | — |" in report and "| 2 | 0." in report
 
 
 def test_corrupt_update_is_rejected_and_round_goes_on(tmp_path: Path, bundle: ModelBundle) -> None:

@@ -2,6 +2,7 @@
 
 Events: ``run_start``, ``plan`` (one per party), ``party_round`` (one per party per round: loss, samples,
 tokens, seconds, bytes up/down, status), ``round`` (global accuracy, eval loss, wall time, bytes), ``run_end``.
+A ``round`` between two evaluations (``data.eval.every_rounds``) has no score keys.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
+
+
+def score_cell(record: Record, key: str) -> str:
+    """A round's score ``key`` to four decimals, or ``—`` for a round that was not scored."""
+    return f"{record[key]:.4f}" if key in record else "—"
 
 
 class MetricsLog:

@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mpctf.report.metrics import Record
+from mpctf.report.metrics import Record, score_cell
 
 
 class ProgressView:
@@ -71,8 +71,8 @@ class ProgressView:
             )
         lines = [
             Text(
-                f"round {r['round']}: accuracy {r.get('accuracy', float('nan')):.4f}, eval loss "
-                f"{r.get('eval_loss', float('nan')):.4f}, up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB"
+                f"round {r['round']}: accuracy {score_cell(r, 'accuracy')}, eval loss {score_cell(r, 'eval_loss')}, "
+                f"up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB"
             )
             for r in self.rounds
         ]

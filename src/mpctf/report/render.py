@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpctf.report.metrics import Record, read_metrics
+from mpctf.report.metrics import Record, read_metrics, score_cell
 
 
 def _mb(n: float) -> str:
@@ -20,7 +20,7 @@ def _rounds_table(rounds: list[Record]) -> list[str]:
         up, fp32 = r.get("cumulative_bytes_up", 0), r.get("cumulative_bytes_up_fp32", 0)
         ratio = f"{fp32 / up:.2f}×" if up and fp32 else "—"
         lines.append(
-            f"| {r['round']} | {r.get('accuracy', float('nan')):.4f} | {r.get('eval_loss', float('nan')):.4f} | "
+            f"| {r['round']} | {score_cell(r, 'accuracy')} | {score_cell(r, 'eval_loss')} | "
             f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(up)} | {ratio} |"
         )
     return lines
@@ -110,7 +110,8 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
 
     written = []
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([r["round"] for r in rounds], [r.get("accuracy") for r in rounds], marker="o")
+    scored = [r for r in rounds if "accuracy" in r]
+    ax.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], marker="o")
     ax.set(xlabel="round", ylabel="accuracy", title="Global accuracy")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -118,9 +119,8 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
     plt.close(fig)
     written.append("accuracy.png")
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(
-        [r["round"] for r in rounds], [r.get("eval_loss") for r in rounds], marker="o", label="eval (global)"
-    )
+    scored = [r for r in rounds if "eval_loss" in r]
+    ax.plot([r["round"] for r in scored], [r["eval_loss"] for r in scored], marker="o", label="eval (global)")
     for name in sorted({p["party"] for p in parties}):
         mine = [p for p in parties if p["party"] == name and "loss" in p]
         ax.plot(
@@ -149,9 +149,10 @@ def render_report(run_dir: Path) -> Path:
     start = next((r for r in records if r["event"] == "run_start"), {})
     lines = [f"# Run report: {start.get('name', run_dir.name)}", ""]
     if rounds:
-        first, last = rounds[0], rounds[-1]
+        scored = [r for r in rounds if "accuracy" in r] or rounds
+        first, last = scored[0], rounds[-1]
         lines += [
-            f"Accuracy {first.get('accuracy', 0):.4f} at round {first['round']} → {last.get('accuracy', 0):.4f} at "
+            f"Accuracy {score_cell(first, 'accuracy')} at round {first['round']} → {score_cell(last, 'accuracy')} at "
             f"round {last['round']}. Bytes moved: {_mb(last.get('cumulative_bytes_down', 0))} MB down, "
             f"{_mb(last.get('cumulative_bytes_up', 0))} MB up. Server model load: "
             f"{start.get('server_model_load_seconds', 0):.1f} s.",

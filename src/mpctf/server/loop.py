@@ -132,6 +132,14 @@ class RoundLoop:
         return {p: self.config.party_training(p) for p in self.config.party_names}
 
     # --- setup -----------------------------------------------------------------------------------
+    def scored(self, round_num: int) -> bool:
+        """Whether the global model is scored after ``round_num``: every ``data.eval.every_rounds``-th round and
+        the run's last, including a last round forced by the privacy budget (so the final model always is)."""
+        last = round_num == self.config.federation.rounds or (
+            self.privacy is not None and self.privacy.stop_reason(round_num + 1) is not None
+        )
+        return last or round_num % self.config.data.eval.every_rounds == 0
+
     def plan(self) -> dict[str, PartyPlan]:
         """Ask every party for its data volume, then plan each party's per-round chunk."""
         describe = RoundTask(round=0, state={}, instructions={"op": "describe"}).to_bytes()
@@ -288,7 +296,8 @@ class RoundLoop:
             self.log.write("privacy", **self.privacy.setup(self.backend))
         if ckpt is None:
             state = self.bundle.mode.get_state(self.bundle.model)
-            result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
+            if self.config.data.eval.before_training:
+                result.rounds.append(self.log.write("round", round=0, **self.evaluate(state)))
             start = 1
         else:
             state = ckpt.global_state
@@ -307,7 +316,7 @@ class RoundLoop:
             state = self.run_round(round_num, state, plans)
             train_done = time.perf_counter()
             model_state = self.merged_base.absorb(state) if self.merged_base is not None else state
-            scores = self.evaluate(model_state)
+            scores = self.evaluate(model_state) if self.scored(round_num) else {}
             privacy_state = self.privacy.state_dict() if self.privacy is not None else None
             record = {
                 "round": round_num,
