@@ -22,7 +22,7 @@ from _harness import Budget, base_config, machine
 
 from mpctf.config import load_config
 from mpctf.data.federated import FederatedData
-from mpctf.data.task_base import answer_loss, token_logits
+from mpctf.data.task_base import answer_loss, next_token_pairs, token_logits
 from mpctf.data.tasks import ClassificationTask, make_task, verbalizer_predictions
 from mpctf.model.bundle import ModelBundle
 
@@ -37,7 +37,7 @@ def plain_evaluate(model: torch.nn.Module, task: ClassificationTask, examples: l
         correct += int(
             (verbalizer_predictions(logits, batch.prompt_end, task.first_answer_ids) == batch.label).sum()
         )
-        loss_sum += float(answer_loss(logits, batch.labels)) * batch.input_ids.size(0)
+        loss_sum += float(answer_loss(*next_token_pairs(logits, batch.labels))) * batch.input_ids.size(0)
     return {"accuracy": correct / len(examples), "eval_loss": loss_sum / len(examples)}
 
 
@@ -86,7 +86,9 @@ def main() -> int:
 
         return run
 
-    plain_step, _ = best_of(args.repeats, step(lambda: answer_loss(token_logits(model, batch), batch.labels)))
+    plain_step, _ = best_of(
+        args.repeats, step(lambda: answer_loss(*next_token_pairs(token_logits(model, batch), batch.labels)))
+    )
     ours_step, _ = best_of(args.repeats, step(lambda: task.loss(model, batch)))
     tokens = sum(len(e.input_ids) for e in examples) / len(examples)
     print(f"machine: {machine()}; model {args.model}, LoRA r={budget.lora_r} on q_proj/v_proj")

@@ -25,6 +25,7 @@ from _harness import MOVIE_TASK
 import mpctf
 from mpctf.config import load_config
 from mpctf.data.federated import FederatedData
+from mpctf.data.task_base import next_token_pairs
 from mpctf.data.tasks import ClassificationTask, answer_loss, collate
 from mpctf.model.bundle import ModelBundle
 from mpctf.report.metrics import read_metrics
@@ -72,9 +73,8 @@ def plain_loop_tokens_per_second(cfg_dict: dict, steps: int) -> float:
     for step in range(steps):
         batch = collate(examples[step * bs : (step + 1) * bs], bundle.pad_id)
         opt.zero_grad(set_to_none=True)
-        loss = answer_loss(
-            bundle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.labels
-        )
+        logits = bundle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = answer_loss(*next_token_pairs(logits, batch.labels))
         loss.backward()
         opt.step()
         tokens += batch.num_tokens

@@ -12,7 +12,7 @@ import torch
 from mpctf.config import TaskConfig, load_config
 from mpctf.data.causal_lm import CausalLmTask, pack
 from mpctf.data.instruction import InstructionTask, exact_match, normalize_answer
-from mpctf.data.task_base import IGNORE, Example, perplexity, token_nll
+from mpctf.data.task_base import IGNORE, Example, next_token_pairs, perplexity, token_nll
 from mpctf.data.tasks import TASKS, ClassificationTask, make_task
 from mpctf.errors import ConfigError, DataError
 from mpctf.model.loading import load_tokenizer
@@ -81,7 +81,7 @@ def test_perplexity_is_exp_of_mean_token_nll_on_a_hand_example(tokenizer) -> Non
     # with p = 3/4 (logits 0 and ln 3); the last position predicts nothing.
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)], [5.0, -5.0]]])
     labels = torch.tensor([[0, 1, 1]])
-    total, count = token_nll(logits, labels)
+    total, count = token_nll(*next_token_pairs(logits, labels))
     assert count == 2
     assert float(total) == pytest.approx(math.log(2) + math.log(4 / 3))
     assert perplexity(float(total), count) == pytest.approx(math.sqrt(8 / 3))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpctf.config import load_config
-from mpctf.data.task_base import Example, scored_logits, token_logits
+from mpctf.data.task_base import IGNORE, Example, scored_logits, token_logits
 from mpctf.data.tasks import make_task
 from mpctf.errors import ConfigError
 from mpctf.model.bundle import ModelBundle
@@ -127,23 +127,26 @@ def test_saved_state_reloads_with_its_library(tmp_path: Path, mode: str) -> None
 
 
 @pytest.mark.parametrize("mode", CPU_MODES)
-def test_scored_logits_are_the_full_logits_from_the_first_labelled_position(
+def test_scored_logits_are_the_full_logits_at_the_positions_that_predict_labels(
     tmp_path: Path, mode: str
 ) -> None:
     bundle = bundle_for(tmp_path, mode)
     _, batch = batch_of(bundle, tmp_path)  # prompts of 3 and 1 tokens: position 0 predicts a labelled token
-    late = Example(input_ids=[5, 6, 7, 8, 9], prompt_len=3)
     task = make_task(load_config(tiny_config_dict(tmp_path)), bundle.tokenizer)
-    late_batch = task.collate([late, Example(input_ids=[10, 11, 12, 13], prompt_len=3)])
+    # Answers at 2 and at 4-5 of a width-6 batch: positions 0 and 2 predict nothing in either row.
+    gapped = task.collate([Example([5, 6, 7], prompt_len=2), Example([10, 11, 12, 13, 14, 15], prompt_len=4)])
     bundle.model.eval()
     with torch.no_grad():
-        for b, first in ((batch, 0), (late_batch, 2)):
+        for b, expected in ((batch, None), (gapped, [1, 3, 4])):
             full = token_logits(bundle.model, b)
-            logits, labels, start = scored_logits(bundle.model, b)
-            assert start == first
-            assert logits.shape == (2, b.input_ids.size(1) - first, full.size(-1))
-            assert torch.equal(labels, b.labels[:, first:])
-            assert torch.allclose(logits, full[:, first:], atol=1e-5)
+            logits, targets, positions = scored_logits(bundle.model, b)
+            if expected is not None:
+                assert positions.tolist() == expected
+            predicts = [t for t in range(b.input_ids.size(1) - 1) if (b.labels[:, t + 1] != IGNORE).any()]
+            assert positions.tolist() == predicts
+            assert logits.shape == (2, len(predicts), full.size(-1))
+            assert torch.equal(targets, b.labels[:, positions + 1])
+            assert torch.allclose(logits, full[:, positions], atol=1e-5)
 
 
 def test_every_mode_is_registered() -> None:

@@ -14,6 +14,7 @@ pytest.importorskip("opacus")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from mpctf.data.task_base import next_token_pairs  # noqa: E402
 from mpctf.privacy.dpsgd import make_private, sequence_mean_lm_loss  # noqa: E402
 
 VOCAB = 128
@@ -45,7 +46,7 @@ def train_epoch(private) -> list[int]:
         sizes.append(len(batch))
         private.optimizer.zero_grad()
         if len(batch) > 0:
-            sequence_mean_lm_loss(private.model(input_ids=batch).logits, batch).backward()
+            sequence_mean_lm_loss(*next_token_pairs(private.model(input_ids=batch).logits, batch)).backward()
         private.step(empty_batch=len(batch) == 0)
     return sizes
 
@@ -76,7 +77,7 @@ def test_only_lora_parameters_get_per_sample_grads_and_change():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     private = private_training(model)
     (batch,) = next(iter(loader(batch_size=4)))
-    sequence_mean_lm_loss(private.model(input_ids=batch).logits, batch).backward()
+    sequence_mean_lm_loss(*next_token_pairs(private.model(input_ids=batch).logits, batch)).backward()
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert "lora_" in name
@@ -118,7 +119,7 @@ def test_per_example_clipping_bounds_the_step_without_noise():
     clip = 1e-3
     private = private_training(model, noise_multiplier=0.0, max_grad_norm=clip)
     (batch,) = next(iter(private.data_loader))
-    sequence_mean_lm_loss(private.model(input_ids=batch).logits, batch).backward()
+    sequence_mean_lm_loss(*next_token_pairs(private.model(input_ids=batch).logits, batch)).backward()
     private.optimizer.step()
     moved = torch.sqrt(
         sum(((p.detach() - before[n]) ** 2).sum() for n, p in model.named_parameters() if n in before)

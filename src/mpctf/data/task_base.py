@@ -70,32 +70,35 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     return Batch(ids, mask, labels, prompt_end, torch.tensor([e.label for e in examples]))
 
 
-def token_logits(model: torch.nn.Module, batch: Batch, keep: int | None = None) -> torch.Tensor:
-    """Next-token logits of the last ``keep`` positions of ``batch.input_ids`` (all of them when ``None``).
+def token_logits(model: torch.nn.Module, batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token logits at ``positions`` of ``batch.input_ids`` (every position when ``None``).
 
     Prompt tuning and P-tuning prepend virtual tokens and return their logits too; the input's own positions are
-    always the last ones, so keeping the last ``width`` positions is right for every training mode.
+    always the last ones, so positions are counted from the end, which is right for every training mode.
     """
     width = batch.input_ids.size(1)
-    keep = width if keep is None else keep
-    # Hugging Face's `logits_to_keep` applies the LM head to the last positions only; the full default is asked
-    # for by leaving it out, which also keeps models without the argument working.
-    extra = {"logits_to_keep": keep} if keep < width and _accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra).logits
-    return logits[:, -keep:]
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if positions is None:
+        return model(**inputs).logits[:, -width:]
+    from_end = positions.to(batch.input_ids.device) - width
+    if _accepts_logits_to_keep(model):
+        # Hugging Face's `logits_to_keep` applies the LM head to these positions only.
+        return model(**inputs, logits_to_keep=from_end).logits
+    return model(**inputs).logits[:, from_end]
 
 
-def scored_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(logits, labels, start)``: next-token logits from ``start``, the first position whose next token is
-    labelled in any row, to the end, and ``batch.labels`` cut to the same positions.
+def scored_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits, targets, positions)``: the next-token logits at ``positions``, the positions whose next token
+    is labelled in some row (ascending), and ``targets``, the tokens they predict (``IGNORE`` in a row whose
+    next token there is not labelled); ``logits[:, j]`` scores ``targets[:, j]``.
 
     Only these positions go through the LM head. With a 49k-token vocabulary the head and the log-softmax of
-    every prompt position were a third of a classification evaluation's time and most of its memory.
+    every prompt position were a third of a classification evaluation's time and most of its memory, and the
+    span from the first predicting position to the end still cost ~10% of a classification training step
+    against these few positions (benchmarks/evaluation.py).
     """
-    labelled = (batch.labels[:, 1:] != IGNORE).any(dim=0).nonzero()
-    start = int(labelled[0]) if len(labelled) else 0
-    logits = token_logits(model, batch, keep=batch.input_ids.size(1) - start)
-    return logits, batch.labels[:, start:], start
+    positions = (batch.labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
+    return token_logits(model, batch, positions), batch.labels[:, positions + 1], positions
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -106,20 +109,24 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return hf is not None and "logits_to_keep" in inspect.signature(type(hf).forward).parameters
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(summed negative log-likelihood, number of scored tokens) over labelled positions; position t predicts
-    token t+1."""
-    shifted = logits[:, :-1, :].float()
-    target = labels[:, 1:]
+def next_token_pairs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every position's logits but the last, and the labels they predict (position t predicts token t+1): the
+    ``(logits, targets)`` pairs of a full forward pass."""
+    return logits[:, :-1], labels[:, 1:]
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed negative log-likelihood, number of scored tokens): ``logits[:, j]`` scores ``targets[:, j]``;
+    targets equal to ``IGNORE`` do not count."""
     total = torch.nn.functional.cross_entropy(
-        shifted.reshape(-1, shifted.size(-1)), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
-    return total, int((target != IGNORE).sum())
+    return total, int((targets != IGNORE).sum())
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens (position t predicts token t+1)."""
-    total, count = token_nll(logits, labels)
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens (``logits[:, j]`` scores ``targets[:, j]``)."""
+    total, count = token_nll(logits, targets)
     return total / max(count, 1)
 
 
@@ -160,8 +167,8 @@ class Task(ABC):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss of one batch: mean cross-entropy over its supervised tokens."""
-        logits, labels, _ = scored_logits(model, batch)
-        return answer_loss(logits, labels)
+        logits, targets, _ = scored_logits(model, batch)
+        return answer_loss(logits, targets)
 
     @abstractmethod
     def evaluate(

@@ -83,10 +83,12 @@ class ClassificationTask(Task):
         for i in range(0, len(by_length), batch_size):
             chunk = by_length[i : i + batch_size]
             batch = self.collate(chunk).to(device)
-            logits, labels, start = scored_logits(model, batch)
-            predicted = verbalizer_predictions(logits, batch.prompt_end - start, self.first_answer_ids)
+            logits, targets, positions = scored_logits(model, batch)
+            # Each row's prompt end predicts its first answer token, so it is one of the scored positions.
+            at_end = torch.searchsorted(positions, batch.prompt_end)
+            predicted = verbalizer_predictions(logits, at_end, self.first_answer_ids)
             correct += int((predicted == batch.label).sum())
-            loss_sum += float(answer_loss(logits, labels)) * len(chunk)
+            loss_sum += float(answer_loss(logits, targets)) * len(chunk)
         n = max(len(examples), 1)
         return {"accuracy": correct / n, "eval_loss": loss_sum / n}
 
@@ -94,7 +96,8 @@ class ClassificationTask(Task):
 def verbalizer_predictions(
     logits: torch.Tensor, prompt_end: torch.Tensor, first_answer_ids: torch.Tensor
 ) -> torch.Tensor:
-    """Predicted label index per row: argmax over the labels' first answer tokens at the prompt's end."""
+    """Predicted label index per row: argmax over the labels' first answer tokens at the prompt's end
+    (``prompt_end``: each row's column of ``logits`` that its last prompt token predicts from)."""
     rows = torch.arange(logits.size(0), device=logits.device)
     at_end = logits[rows, prompt_end.to(logits.device)]
     return at_end[:, first_answer_ids.to(logits.device)].argmax(dim=-1)

@@ -80,8 +80,8 @@ def train_round_private(
             private.optimizer.zero_grad(set_to_none=True)
             if len(indices) > 0:
                 batch = task.collate([examples[int(i)] for i in indices]).to(device)
-                logits, labels, _ = scored_logits(private.model, batch)
-                loss = sequence_mean_lm_loss(logits, labels)
+                logits, targets, _ = scored_logits(private.model, batch)
+                loss = sequence_mean_lm_loss(logits, targets)
                 loss.backward()
                 loss_sum += float(loss.detach()) * len(indices)
                 samples += len(indices)

@@ -131,22 +131,20 @@ def make_private(
 
 
 def sequence_mean_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
 ) -> torch.Tensor:
     """Causal-LM loss averaged over tokens within each sequence, then over sequences.
 
     Hugging Face's default averages over all tokens of the batch, which ties one example's gradient to the
     other examples' lengths; per-example clipping then no longer bounds one example's influence. Here example
     ``i``'s term depends on example ``i`` only, and the batch mean is what Opacus's ``loss_reduction="mean"``
-    expects. ``labels`` are the inputs (shifted here); positions equal to ``ignore_index`` do not count.
+    expects. ``logits[:, j]`` scores ``targets[:, j]``; targets equal to ``ignore_index`` do not count.
     """
-    shifted_logits = logits[:, :-1, :]
-    shifted_labels = labels[:, 1:]
     token_loss = torch.nn.functional.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]).float(),
-        shifted_labels.reshape(-1),
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
         ignore_index=ignore_index,
         reduction="none",
-    ).view(shifted_labels.shape)
-    counts = (shifted_labels != ignore_index).sum(dim=1).clamp(min=1)
+    ).view(targets.shape)
+    counts = (targets != ignore_index).sum(dim=1).clamp(min=1)
     return (token_loss.sum(dim=1) / counts).mean()
