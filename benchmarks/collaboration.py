@@ -1,11 +1,15 @@
 """Does collaborating pay? Zero-shot vs each party alone vs federated vs centralized, same budget.
 
+    python benchmarks/collaboration.py                               # the CPU table of docs/results.md
     python benchmarks/collaboration.py --quick                       # tiny model: checks the pipeline (seconds)
-    python benchmarks/collaboration.py --settings movie:4 --seeds 1  # SmolLM2-135M-Instruct + LoRA, real data
-    python benchmarks/collaboration.py                               # movie:4, movie:8, label_skew:4; 3 seeds
+    python benchmarks/collaboration.py --settings movie:4 --seeds 1  # one setting, one seed
     python benchmarks/collaboration.py --gpu                         # bigger budgets (default when CUDA exists)
-    python benchmarks/collaboration.py --settings movie:4 --party-samples 32   # small silos: 32 reviews each
     python benchmarks/collaboration.py --merge runs/a runs/b --out runs/ab     # one table from several runs
+
+Without options on a CPU it runs the table of docs/results.md: SmolLM2-135M-Instruct with LoRA, silos of 16
+reviews per party, 4 rounds of 4 steps of 4 reviews, 128 held-out reviews scored after rounds 2 and 4,
+settings movie:4, movie:8 (compared strategy FedAvgM) and label_skew:4 (SCAFFOLD), seeds 0-2. Any budget
+option overrides its part of that.
 
 Every method is a federation run through ``mpctf.run`` with the same model, LoRA, batch size, learning rate,
 rounds and seeds; only who trains on what changes:
@@ -13,16 +17,17 @@ rounds and seeds; only who trains on what changes:
 * zero-shot: round 0 of the FedAvg run (the untrained model on the same held-out movies);
 * local-only: each party as a 1-party federation on its own rows (its share of the split, exported to a file),
   ``local_steps`` per round, as in the federation; the table shows the mean and the worst party;
-* federated FedAvg and federated ``--best-strategy``: all parties, ``local_steps`` each per round;
+* federated FedAvg and federated with the setting's strategy (``--best-strategy`` unless the setting names
+  one): all parties, ``local_steps`` each per round;
 * centralized: one party holding the pooled training rows of all parties, doing ``K × local_steps`` steps per
   round, so it spends the federation's total step budget (the upper bound).
 
 ``--party-samples N`` models silos with little labelled data: each party keeps a seeded sample of N rows of its
 share, and every method trains on exactly those rows (centralized on their union).
 
-Settings are ``split:parties``: ``movie`` deals whole movies to parties; ``label_skew`` is a pathological label
-skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes ``results.md``,
-``results.csv``, ``curves.json`` and one ``accuracy_<setting>.png`` per setting into ``--out``.
+Settings are ``split:parties[:strategy]``: ``movie`` deals whole movies to parties; ``label_skew`` is a
+pathological label skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes
+``results.md``, ``results.csv``, ``curves.json`` and one ``accuracy_<setting>.png`` per setting into ``--out``.
 
 ``--merge`` trains nothing: it joins the tables of earlier invocations (for example seeds run on different days
 or machines) into one, refusing folders whose budgets, rows per party or methods differ, or that repeat a seed.
@@ -49,6 +54,7 @@ from _harness import (
     budget_parser,
     command_line,
     fmt_ms,
+    is_cpu_budget,
     machine,
     markdown_table,
     pick_budget,
@@ -62,13 +68,26 @@ from _harness import (
 from mpctf.config import load_config
 from mpctf.data.federated import FederatedData
 
+#: The CPU table's budget (docs/results.md), with silos of 16 reviews (``--party-samples``): one pass over a
+#: party's rows per round, 4 rounds, the model scored after rounds 2 and 4. Sized so that the whole table, 3
+#: settings x 3 seeds x every method, takes under 90 minutes on 2 cores, where one step of 4 reviews costs ~1 s
+#: and scoring the 128 held-out reviews ~10 s.
+CPU_TABLE = {"rounds": 4, "local_steps": 4, "batch_size": 4, "eval_samples": 128, "eval_every": 2}
+CPU_PARTY_SAMPLES = 16
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = budget_parser(__doc__)
     ap.add_argument(
-        "--settings", default="movie:4,movie:8,label_skew:4", help="split:parties, comma separated"
+        "--settings",
+        default="movie:4,movie:8,label_skew:4:scaffold",
+        help="split:parties[:strategy], comma separated; the strategy compared with FedAvg in that setting",
     )
-    ap.add_argument("--best-strategy", default="fedavgm", help="the strategy compared with FedAvg")
+    ap.add_argument(
+        "--best-strategy",
+        default="fedavgm",
+        help="the strategy compared with FedAvg where a setting names none",
+    )
     ap.add_argument(
         "--party-samples",
         type=int,
@@ -85,6 +104,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.party_samples is not None and args.party_samples < 1:
         ap.error("--party-samples must be at least 1")
+    if is_cpu_budget(args):
+        for key, value in {**CPU_TABLE, "party_samples": CPU_PARTY_SAMPLES}.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    for setting in args.settings.split(","):
+        if not re.fullmatch(r"\w+:[1-9]\d*(:\w+)?", setting):
+            ap.error(
+                f"--settings: {setting!r} is not split:parties[:strategy], e.g. movie:4 or label_skew:4:scaffold"
+            )
     return args
 
 
@@ -125,19 +153,32 @@ def run_setting(
             config["parties"] = [{"name": p, "data": {"path": str(f.resolve())}} for p, f in files.items()]
         return config
 
+    def unscored_start(config: dict[str, Any]) -> dict[str, Any]:
+        # The untrained model is the same for every method of a seed (LoRA starts as the identity), so only the
+        # FedAvg run scores it: zero-shot.
+        config["data"]["eval"]["before_training"] = False
+        return config
+
     results: dict[str, Any] = {}
     results["fedavg"] = run_isolated(federation("fedavg"), out / "runs" / f"fedavg-{tag}")
-    results["best"] = run_isolated(federation(best, strategy={"name": best}), out / "runs" / f"{best}-{tag}")
+    results["best"] = run_isolated(
+        unscored_start(federation(best, strategy={"name": best})), out / "runs" / f"{best}-{tag}"
+    )
     # The accuracy of always answering the held-out set's most frequent label: the bar a model must clear.
     results["majority"] = max(labels.count(v) for v in set(labels)) / len(labels)
     local: list[RunOutcome] = []
     for party, path in files.items():
         alone = base_config(budget, name=f"local-{tag}-{party}", **common)
         alone["parties"] = [{"name": party, "data": {"path": str(path.resolve())}}]
-        local.append(run_isolated(alone, out / "runs" / f"local-{tag}-{party}"))
+        # Only the end of each party's training is in the table; scoring its other rounds too made the
+        # local-only runs cost more evaluation than training.
+        alone["data"]["eval"]["every_rounds"] = budget.rounds
+        local.append(run_isolated(unscored_start(alone), out / "runs" / f"local-{tag}-{party}"))
     results["local"] = local
     # Centralized: one holder of every party's rows, spending the federation's total steps per round.
-    central = base_config(budget, name=f"central-{tag}", **{**common, "num_parties": 1, "split": "iid"})
+    central = unscored_start(
+        base_config(budget, name=f"central-{tag}", **{**common, "num_parties": 1, "split": "iid"})
+    )
     if party_samples is not None:
         union = out / "runs" / f"data-{tag}-pooled.jsonl"
         union.write_text("".join(json.dumps(r) + "\n" for r in pooled))
@@ -173,7 +214,7 @@ def summarize(
         row = {
             "method": label,
             "acc": [o.final_accuracy for o in outs],
-            "loss": [o.eval_loss_per_round[-1] for o in outs],
+            "loss": [o.final_eval_loss for o in outs],
             "seconds": [o.seconds for o in outs],
             "bytes": [o.bytes_moved for o in outs],
             "peak": [o.peak_mem_bytes for o in outs],
@@ -182,27 +223,28 @@ def summarize(
             # Mean over parties first within each seed, so the spread is across seeds like every other row.
             k = len(per_seed[0]["local"])
             row["acc"] = [sum(o.final_accuracy for o in r["local"]) / k for r in per_seed]
-            row["loss"] = [sum(o.eval_loss_per_round[-1] for o in r["local"]) / k for r in per_seed]
+            row["loss"] = [sum(o.final_eval_loss for o in r["local"]) / k for r in per_seed]
             rows.append(row)
             rows.append(
                 {
                     **row,
                     "method": "local-only (worst party)",
                     "acc": [o.final_accuracy for o in worst],
-                    "loss": [o.eval_loss_per_round[-1] for o in worst],
+                    "loss": [o.final_eval_loss for o in worst],
                 }
             )
         else:
             rows.append(row)
     for res in per_seed:
+        zero_shot = res["fedavg"].accuracy_per_round[:1]
         curves.setdefault("FedAvg", []).append(res["fedavg"].accuracy_per_round)
-        curves.setdefault(best, []).append(res["best"].accuracy_per_round)
-        curves.setdefault("centralized", []).append(res["central"].accuracy_per_round)
-        k = len(res["local"])
-        rounds = len(res["local"][0].accuracy_per_round)
-        curves.setdefault("local-only (mean)", []).append(
-            [sum(o.accuracy_per_round[i] for o in res["local"]) / k for i in range(rounds)]
-        )
+        curves.setdefault(best, []).append(zero_shot + res["best"].accuracy_per_round[1:])
+        curves.setdefault("centralized", []).append(zero_shot + res["central"].accuracy_per_round[1:])
+        per_party = [o.accuracy_per_round for o in res["local"]]
+        mean = [
+            None if None in scores else sum(scores) / len(scores) for scores in zip(*per_party, strict=True)
+        ]
+        curves.setdefault("local-only (mean)", []).append(zero_shot + mean[1:])
     return rows, curves
 
 
@@ -360,13 +402,14 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     tables = []
-    for setting in args.settings.split(","):
-        split, parties = setting.split(":")
+    for spec in args.settings.split(","):
+        split, parties, *named = spec.split(":")
+        setting, best = f"{split}:{parties}", named[0] if named else args.best_strategy
         per_seed = [
-            run_setting(budget, split, int(parties), seed, args.best_strategy, args.out, args.party_samples)
+            run_setting(budget, split, int(parties), seed, best, args.out, args.party_samples)
             for seed in seeds
         ]
-        rows, curves = summarize(per_seed, args.best_strategy)
+        rows, curves = summarize(per_seed, best)
         tables.append(SettingTable(setting, seeds, rows, curves))
         print(f"### {setting}, seeds {seeds}\n\n{render(rows)}\n", flush=True)
         # Written after every setting, so a long invocation that stops keeps the settings it finished.
