@@ -23,7 +23,7 @@ rounds and seeds; only who trains on what changes:
   round, so it spends the federation's total step budget (the upper bound).
 
 ``--party-samples N`` models silos with little labelled data: each party keeps a seeded sample of N rows of its
-share, and every method trains on exactly those rows (centralized on their union).
+share, and every method trains on exactly those rows (centralized on their union); ``all`` keeps whole shares.
 
 Settings are ``split:parties[:strategy]``: ``movie`` deals whole movies to parties; ``label_skew`` is a
 pathological label skew (Dirichlet(0.05) per label). Evaluation is always on reviews of held-out movies. Writes
@@ -90,8 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--party-samples",
-        type=int,
-        help="each party keeps only this many of its rows (a seeded sample): silos with little labelled data",
+        metavar="N|all",
+        help="each party keeps only N of its rows (a seeded sample): silos with little labelled data; `all` keeps "
+        f"its whole share of the split (default: {CPU_PARTY_SAMPLES} with the CPU budget, otherwise all)",
     )
     ap.add_argument("--out", type=Path, default=Path("runs/bench-collaboration"))
     ap.add_argument(
@@ -102,12 +103,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train nothing: join the tables in these earlier --out folders into one, written to --out",
     )
     args = ap.parse_args(argv)
-    if args.party_samples is not None and args.party_samples < 1:
-        ap.error("--party-samples must be at least 1")
     if is_cpu_budget(args):
-        for key, value in {**CPU_TABLE, "party_samples": CPU_PARTY_SAMPLES}.items():
+        for key, value in {**CPU_TABLE, "party_samples": str(CPU_PARTY_SAMPLES)}.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
+    if args.party_samples in (None, "all"):
+        args.party_samples = None
+    elif not args.party_samples.isdigit() or int(args.party_samples) < 1:
+        ap.error(f"--party-samples must be a whole number of at least 1 or `all`, not {args.party_samples!r}")
+    else:
+        args.party_samples = int(args.party_samples)
     for setting in args.settings.split(","):
         if not re.fullmatch(r"\w+:[1-9]\d*(:\w+)?", setting):
             ap.error(
