@@ -236,10 +236,12 @@ def _import_model_stack(model: str) -> None:
     ]
 
 
-def run_isolated(config: dict[str, Any], run_dir: Path) -> RunOutcome:
-    """``mpctf.run(config, run_dir=run_dir)`` in a fresh child process; its peak memory is this run's alone."""
-    # fork is cheap on CPU (torch already imported in the parent is shared); CUDA cannot survive a fork.
-    method = "spawn" if _cuda() else "fork"
+def run_isolated(config: dict[str, Any], run_dir: Path, start_method: str | None = None) -> RunOutcome:
+    """``mpctf.run(config, run_dir=run_dir)`` in a fresh child process; its peak memory is this run's alone.
+
+    ``start_method`` is the multiprocessing one; by default ``fork`` on CPU (cheap: what the parent imported is
+    shared) and ``spawn`` where CUDA is present, since CUDA cannot survive a fork."""
+    method = start_method or ("spawn" if _cuda() else "fork")
     if method == "fork":
         _import_model_stack(config["model"]["name"])
     ctx = mp.get_context(method)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mpctf.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,3 +120,29 @@ def test_evaluation_speed_benchmark_checks_both_ways_agree() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out reviews: 16" in proc.stdout and "accuracy" in proc.stdout
     assert "answer positions only" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_budget_builds_valid_configs_and_runs_in_a_spawned_child(tmp_path: Path) -> None:
+    """What a CUDA machine takes that this one does not: the --gpu budget and spawned (not forked) runs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _harness
+        import collaboration
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = collaboration.parse_args(["--gpu"])
+    assert args.party_samples is None and args.batch_size is None  # the CPU table's defaults stay off
+    budget = _harness.pick_budget(args)
+    assert budget == _harness.Budget.gpu()
+    for split in ("movie", "label_skew", "iid"):
+        cfg = load_config(
+            _harness.base_config(budget, name="g", seed=0, num_parties=8, split=split, out=tmp_path)
+        )
+        assert cfg.data.eval.max_samples == 1000 and cfg.data.eval.batch_size == 64
+    quick = _harness.base_config(
+        _harness.Budget.quick(), name="spawned", seed=0, num_parties=2, split="movie", out=tmp_path
+    )
+    outcome = _harness.run_isolated(quick, tmp_path / "spawned", start_method="spawn")
+    assert len(outcome.accuracy_per_round) == 3 and all(a is not None for a in outcome.accuracy_per_round)
+    assert outcome.bytes_moved > 0 and outcome.peak_mem_bytes > 0
