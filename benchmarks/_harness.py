@@ -283,10 +283,10 @@ def pick_budget(args: argparse.Namespace) -> Budget:
     """The budget ``budget_parser``'s options select: quick, GPU (also whenever CUDA is present) or CPU."""
     if args.quick:
         budget = Budget.quick()
-    elif args.gpu or _cuda():
-        budget = Budget.gpu()
-    else:
+    elif is_cpu_budget(args):
         budget = Budget()
+    else:
+        budget = Budget.gpu()
     overrides = {
         "rounds": args.rounds,
         "local_steps": args.local_steps,

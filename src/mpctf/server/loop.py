@@ -132,14 +132,6 @@ class RoundLoop:
         return {p: self.config.party_training(p) for p in self.config.party_names}
 
     # --- setup -----------------------------------------------------------------------------------
-    def scored(self, round_num: int) -> bool:
-        """Whether the global model is scored after ``round_num``: every ``data.eval.every_rounds``-th round and
-        the run's last, including a last round forced by the privacy budget (so the final model always is)."""
-        last = round_num == self.config.federation.rounds or (
-            self.privacy is not None and self.privacy.stop_reason(round_num + 1) is not None
-        )
-        return last or round_num % self.config.data.eval.every_rounds == 0
-
     def plan(self) -> dict[str, PartyPlan]:
         """Ask every party for its data volume, then plan each party's per-round chunk."""
         describe = RoundTask(round=0, state={}, instructions={"op": "describe"}).to_bytes()
@@ -162,6 +154,14 @@ class RoundLoop:
         return plans
 
     # --- one round -------------------------------------------------------------------------------
+    def scored(self, round_num: int) -> bool:
+        """Whether the global model is scored after ``round_num``: every ``data.eval.every_rounds``-th round and
+        the run's last, including a last round forced by the privacy budget (so the final model always is)."""
+        if round_num % self.config.data.eval.every_rounds == 0 or round_num == self.config.federation.rounds:
+            return True
+        # Asked only when the schedule skips the round: it computes epsilon one round ahead.
+        return self.privacy is not None and self.privacy.stop_reason(round_num + 1) is not None
+
     def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
         fed = self.config.federation
         # A party is only sent work once it is planned (one that was down at planning time is not).
