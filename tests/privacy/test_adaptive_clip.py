@@ -8,8 +8,9 @@ import torch
 from mpctf.privacy.adaptive_clip import (
     AdaptiveClipParams,
     AdaptiveClipper,
+    bounded_indicator,
+    centred_indicator,
     geometric_clip_update,
-    unclipped,
     update_noise_multiplier,
 )
 from mpctf.privacy.dp import make_generator
@@ -33,10 +34,18 @@ def test_geometric_update_hand_computed():
     assert geometric_clip_update(2.0, 0.5, 0.5, 0.2) == 2.0
 
 
-def test_indicator():
-    assert unclipped(0.5, 1.0) == 1.0
-    assert unclipped(1.0, 1.0) == 1.0
-    assert unclipped(1.5, 1.0) == 0.0
+def test_indicator_is_centred_and_bounded():
+    assert centred_indicator(0.5, 1.0) == 0.5
+    assert centred_indicator(1.0, 1.0) == 0.5
+    assert centred_indicator(1.5, 1.0) == -0.5
+    assert [bounded_indicator(v) for v in (7.0, -3.0, 0.25)] == [0.5, -0.5, 0.25]
+
+
+def test_the_released_fraction_adds_half_of_m_back_after_the_noise():
+    params = AdaptiveClipParams(target_quantile=0.5, learning_rate=0.2, count_noise_std=1.0)
+    clipper = AdaptiveClipper(params, initial_clip_norm=1.0, total_noise_multiplier=1.0)
+    # 3 of 4 unclipped: Σ(b − ½) = 1, fraction (1 + 2) / 4 = 0.75 without noise
+    assert clipper.update(1.0, 4, None) == pytest.approx(math.exp(-0.2 * 0.25))
 
 
 def test_clip_norm_tracks_the_target_quantile():
@@ -45,7 +54,7 @@ def test_clip_norm_tracks_the_target_quantile():
     generator = make_generator(0)
     for _ in range(300):
         norms = torch.rand(100, generator=generator) * 2.0  # median 1.0
-        count = sum(unclipped(float(n), clipper.clip_norm) for n in norms)
+        count = sum(centred_indicator(float(n), clipper.clip_norm) for n in norms)
         clipper.update(count, 100, generator)
     assert clipper.clip_norm == pytest.approx(1.0, rel=0.15)
 

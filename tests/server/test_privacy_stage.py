@@ -3,100 +3,12 @@ round loop does around them, in milliseconds."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 import torch
 
-from mpctf.aggregation.fedavg import FedAvg
-from mpctf.config import load_config
-from mpctf.data.chunking import PartyPlan
 from mpctf.errors import UpdateRejected
-from mpctf.messages import RoundTask, Update
-from mpctf.party.privacy import PartyPrivacy
-from mpctf.privacy.rounds import OPS
-from mpctf.runtime.local import LocalBackend
-from mpctf.server.privacy import ServerPrivacy
-from support import tiny_config_dict
-
-NAMES = ["alice", "bob", "carol"]
-SAMPLES = {"alice": 10, "bob": 30, "carol": 20}
-
-
-def deltas(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        p: {"w": torch.randn(3, 4, generator=g) * 0.01, "b": torch.randn(5, generator=g) * 0.01}
-        for p in NAMES
-    }
-
-
-def plan(party: str) -> PartyPlan:
-    return PartyPlan(party, 100, 1000, SAMPLES[party], None, 5, 4, 1, None, None)
-
-
-class Federation:
-    """Three parties answering privacy exchanges and training tasks (their 'training' returns a fixed delta)."""
-
-    def __init__(self, tmp_path: Path, privacy: dict[str, Any], *, crash: set[str] = frozenset()) -> None:
-        self.config = load_config(
-            tiny_config_dict(tmp_path, parties=[{"name": n} for n in NAMES], privacy=privacy)
-        )
-        self.parties = {p: PartyPrivacy(self.config.privacy, p) for p in NAMES}
-        self.deltas = deltas()
-        self.crash = crash
-        self.seen_by_server: list[dict[str, torch.Tensor]] = []
-        self.backend = LocalBackend({p: self._handler(p) for p in NAMES})
-
-    def _handler(self, party: str):
-        def handle(payload: bytes) -> bytes:
-            task = RoundTask.from_bytes(payload)
-            op = task.instructions["op"]
-            if op in OPS:
-                return self.parties[party].handle(task)
-            if party in self.crash:
-                raise RuntimeError("crashed while training")
-            tensors, header, metrics = self.parties[party].protect(
-                task, self.deltas[party], num_samples=SAMPLES[party], num_tokens=7 * SAMPLES[party]
-            )
-            update = Update(party, task.round, tensors, SAMPLES[party], 7 * SAMPLES[party], metrics)
-            update.header = {"privacy": header}
-            return update.to_bytes()
-
-        return handle
-
-    def round(self, server: ServerPrivacy, round_num: int = 1) -> dict[str, torch.Tensor]:
-        state = {"w": torch.zeros(3, 4), "b": torch.zeros(5)}
-        server.strategy.begin_round(round_num, state)
-        instructions = server.begin_round(round_num, NAMES, {p: plan(p) for p in NAMES}, self.backend)
-        tasks = {
-            p: RoundTask(round_num, {}, {"op": "train", "privacy": instructions[p]}).to_bytes()
-            for p in instructions
-        }
-        for reply in self.backend.train_round(tasks, 60):
-            if reply.payload is None:
-                continue
-            update = Update.from_bytes(reply.payload)
-            self.seen_by_server.append(update.tensors)
-            if server.hides_updates:
-                server.receive_hidden(update, state)
-            else:
-                server.receive_plain(update)
-        server.finish_round(round_num, self.backend)
-        return server.strategy.finalize()
-
-
-def weighted_mean(updates: dict[str, dict[str, torch.Tensor]], parties: list[str]) -> dict[str, torch.Tensor]:
-    total = sum(SAMPLES[p] for p in parties)
-    return {k: sum(updates[p][k] * SAMPLES[p] for p in parties) / total for k in ("w", "b")}
-
-
-def server_for(fed: Federation) -> ServerPrivacy:
-    server = ServerPrivacy.create(fed.config, FedAvg())
-    assert server is not None
-    server.setup(fed.backend)
-    return server
+from mpctf.messages import Update
+from privacy_support import NAMES, Federation, plan, server_for, weighted_mean
 
 
 def test_secure_aggregation_yields_the_weighted_mean_and_the_server_sees_only_ring_vectors(tmp_path):
@@ -133,7 +45,7 @@ def test_ckks_yields_the_weighted_mean_and_the_server_holds_no_secret_key(tmp_pa
     assert all(all(k.startswith("ckks.") for k in t) for t in fed.seen_by_server)
 
 
-def test_central_dp_clips_each_update_and_adds_noise_of_sigma_c_over_m(tmp_path):
+def test_central_dp_without_noise_is_the_uniform_mean_of_the_clipped_updates(tmp_path):
     clip = 0.01
     fed = Federation(tmp_path, {"client_dp": {"noise_multiplier": 0.0, "clip_norm": clip}})
     server = server_for(fed)

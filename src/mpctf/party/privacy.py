@@ -24,6 +24,11 @@ from mpctf.privacy.config import PrivacyConfig
 _HE_AAD = b"mpctf ckks secret context|"
 
 
+def hides_update(task: RoundTask) -> bool:
+    """Whether the server asked for this round's update masked or encrypted (the uplink codecs then unused)."""
+    return task.instructions.get("privacy", {}).get("hide") is not None
+
+
 class PartyPrivacy:
     """The privacy stages of one party for a whole run."""
 
@@ -34,55 +39,53 @@ class PartyPrivacy:
         self._he_key: Any = None  # X25519PrivateKey awaiting the sealed CKKS context
         self._ckks: Any = None  # CkksParty once the context is installed
 
-    @property
-    def hides_updates(self) -> bool:
-        """True when the update leaves this party masked or encrypted (the uplink codecs are then unused)."""
-        return self.config.secure_aggregation is not None or self.config.homomorphic_encryption is not None
-
-    @property
-    def active(self) -> bool:
-        """True when :meth:`protect` changes the update."""
-        return self.hides_updates or self.config.client_dp is not None
-
     # --- the update ------------------------------------------------------------------------------
     def protect(
         self, task: RoundTask, delta: NamedTensors, *, num_samples: int, num_tokens: int
     ) -> tuple[NamedTensors, dict[str, Any], dict[str, float]]:
-        """``(tensors to send, header, metrics)``: clipped, noised, weighted, then masked or encrypted."""
+        """``(tensors to send, header, metrics)``: clipped, noised, weighted, then masked or encrypted.
+
+        Every step follows the task's ``privacy`` instructions, not this party's own config: the server's ledger
+        accounts for what it asked for, so a party whose config differs still clips and noises as the ledger
+        says (and a task without instructions leaves the update as it is).
+        """
         from mpctf.privacy import adaptive_clip, dp
 
         start = time.perf_counter()
         instructions = task.instructions.get("privacy", {})
+        hide = instructions.get("hide")
         metrics: dict[str, float] = {}
         tensors = {k: v.detach().float().cpu() for k, v in delta.items()}
-        unclipped = None
-        if self.config.client_dp is not None:
+        indicator = None
+        if "clip_norm" in instructions:
             clip_norm = float(instructions["clip_norm"])
             tensors, norm = dp.clip_update(tensors, clip_norm)
-            unclipped = adaptive_clip.unclipped(norm, clip_norm)
+            if instructions.get("adaptive"):
+                indicator = adaptive_clip.centred_indicator(norm, clip_norm)
             if instructions.get("noise_std", 0.0) > 0:
                 tensors = dp.add_gaussian_noise(tensors, instructions["noise_std"], dp.make_generator())
-            if not self.hides_updates:
-                metrics["dp_unclipped"] = unclipped  # the server sees the clipped update anyway
         weight = {"samples": num_samples, "tokens": num_tokens}.get(instructions.get("weight", ""), 1)
         scale = weight / float(instructions.get("weight_total", 1.0))
         if scale != 1.0:
             tensors = {k: v * scale for k, v in tensors.items()}
-        if not self.hides_updates:
+        if hide is None:
+            if indicator is not None:
+                metrics["dp_unclipped"] = indicator  # the server sees the clipped update anyway
             return tensors, {}, metrics
-        if unclipped is not None and self.config.client_dp.adaptive_clipping is not None:  # type: ignore[union-attr]
-            # b_k rides in the masked vector (the server learns only Σ b_k); kept inside the fixed-point range.
-            tensors[rounds.UNCLIPPED] = torch.tensor([unclipped * self._indicator_scale()])
-        if self.config.secure_aggregation is not None:
+        if indicator is not None:
+            # b_k − ½ rides in the hidden vector (the server learns only the noised Σ); the party adds its share of
+            # the count noise in distributed mode, scaled to stay inside the fixed-point range.
+            if (count_std := instructions.get("count_noise_std", 0.0)) > 0:
+                indicator += float(torch.randn((), generator=dp.make_generator())) * count_std
+            tensors[rounds.UNCLIPPED] = torch.tensor(
+                [indicator * float(instructions.get("indicator_scale", 1))]
+            )
+        if hide == "secagg":
             sent, header = self._mask(task, tensors, metrics)
         else:
             sent, header = self._encrypt(tensors)
         metrics["privacy_seconds"] = time.perf_counter() - start
         return sent, header, metrics
-
-    def _indicator_scale(self) -> float:
-        params = self.config.secure_aggregation
-        return min(1.0, params.clip_range) if params is not None else 1.0
 
     def _mask(
         self, task: RoundTask, tensors: NamedTensors, metrics: dict[str, float]
@@ -119,10 +122,11 @@ class PartyPrivacy:
 
     def _secagg_advertise(self, task: RoundTask) -> bytes:
         from mpctf.privacy.secagg import SecAggParty, wire
+        from mpctf.privacy.secagg.params import SecAggParams
 
-        if self.config.secure_aggregation is None:
-            raise RuntimeError(f"party {self.party!r}: secure aggregation is off in this party's config")
-        self._secagg = SecAggParty(self.party, self.config.secure_aggregation, task.round)
+        # The server's ring parameters: every party of the round must encode into the same ring.
+        params = SecAggParams.model_validate(task.instructions["secagg"])
+        self._secagg = SecAggParty(self.party, params, task.round)
         return rounds.reply(task.instructions["op"], {"message": wire.dumps(self._secagg.advertise_keys())})
 
     def _secagg_step(self, task: RoundTask, method: str) -> bytes:

@@ -24,7 +24,7 @@ from mpctf.model.bundle import ModelBundle
 from mpctf.party.attack import poison_update
 from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
-from mpctf.party.privacy import PartyPrivacy
+from mpctf.party.privacy import PartyPrivacy, hides_update
 from mpctf.party.trainer import TrainSettings, TrainStats, train_round
 from mpctf.privacy.rounds import OPS as PRIVACY_OPS
 from mpctf.runtime.base import PartyHandler
@@ -121,13 +121,13 @@ class PartyWorker:
         if attack is not None:  # simulation only: see mpctf.party.attack
             delta = poison_update(delta, kind=attack.kind, factor=attack.factor)
         stage_header: dict[str, Any] = {}
-        if self.privacy.active:
+        if "privacy" in task.instructions:  # the server's instructions, whatever this party's config says
             delta, privacy_header, privacy_metrics = self.privacy.protect(
                 task, delta, num_samples=stats.samples, num_tokens=stats.tokens
             )
             private_metrics |= privacy_metrics
             stage_header["privacy"] = privacy_header
-        if not self.privacy.hides_updates:  # a masked or encrypted vector is sent as it is
+        if not hides_update(task):  # a masked or encrypted vector is sent as it is
             delta, stage_header["uplink"] = self.uplink.encode(delta, self.uplink_state)
         metrics = {
             "loss": stats.loss,

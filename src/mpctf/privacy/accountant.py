@@ -1,11 +1,13 @@
 """The client-level privacy ledger: ε after a number of DP-FedAvg rounds, with Google's ``dp_accounting``.
 
-Each round samples ``parties_per_round`` of ``num_parties`` parties and releases a Gaussian mechanism with
-noise multiplier ``σ`` on the sum of their clipped updates. We account it as a Poisson-subsampled Gaussian
-with ``q = parties_per_round / num_parties``: the round loop samples a fixed number without replacement,
-which is approximated here as Poisson sampling at the same rate (the standard practice of DP-FedAvg and
-DP-SGD papers and libraries; exact fixed-size accounting needs the replace-one relation and gives a
-different, not smaller, ε).
+Each round samples ``parties_per_round`` of the ``n_r`` parties reachable that round and releases a Gaussian
+mechanism with noise multiplier ``σ`` on the sum of their clipped updates. We account it as a Poisson-subsampled
+Gaussian with ``q_r = min(parties_per_round, n_r) / n_r``, the rate of that round (so a round with every
+reachable party selected counts at ``q = 1``, whatever the configured number of parties). The amplification
+assumes the selection is secret: the round loop draws it from the OS's CSPRNG when client DP samples. It samples
+a fixed number without replacement, which is approximated here as Poisson sampling at the same rate (the
+standard practice of DP-FedAvg and DP-SGD papers and libraries; exact fixed-size accounting needs the
+replace-one relation). At ``q = 1`` no approximation is involved.
 
 ε is recomputed from ``(σ, q, steps)`` on demand, so the saved state is tiny and exact: RDP (Mironov 2017,
 with the conversion of Canonne, Kamath, Steinke 2020) by default, or PLD (Meiser & Mohammadi 2018;
@@ -62,8 +64,26 @@ def epsilon_for(
     return float(accountant.get_epsilon(delta))
 
 
+def epsilon_of_rounds(
+    *, noise_multiplier: float, rates: list[tuple[float, int]], delta: float, method: str = "rdp"
+) -> float:
+    """ε of rounds at varying sampling rates: ``rates`` lists ``(q, how many rounds)`` (0 for none)."""
+    rates = [(q, n) for q, n in rates if n > 0]
+    if not rates:
+        return 0.0
+    accountant = _accountant(method)
+    for q, n in rates:
+        accountant.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(noise_multiplier)), n)
+    return float(accountant.get_epsilon(delta))
+
+
 class ClientDpAccountant:
-    """Running (ε, δ) of client-level DP; one :meth:`step` per round that released a noised sum."""
+    """Running (ε, δ) of client-level DP; one :meth:`step` per round that released a noised sum.
+
+    Each round is recorded with the sampling rate it actually had (parties are sampled from those reachable
+    that round, so ``q`` changes when parties are missing); ``sampling_rate`` given here is the planned rate,
+    used for rounds recorded without one and for what-if forecasts (:meth:`epsilon_after`).
+    """
 
     def __init__(
         self,
@@ -75,8 +95,7 @@ class ClientDpAccountant:
     ) -> None:
         if noise_multiplier < 0:
             raise ValueError(f"`noise_multiplier` must be >= 0, got {noise_multiplier}")
-        if not 0 < sampling_rate <= 1:
-            raise ValueError(f"`sampling_rate` must be in (0, 1], got {sampling_rate}")
+        _check_rate(sampling_rate)
         if not 0 < delta < 1:
             raise ValueError(f"`delta` must be in (0, 1), got {delta}")
         if method not in ("rdp", "pld"):
@@ -85,35 +104,66 @@ class ClientDpAccountant:
         self.sampling_rate = sampling_rate
         self.delta = delta
         self.method = method
-        self.steps = 0
+        #: ``[q, rounds]`` runs in the order they were recorded.
+        self.history: list[list[float | int]] = []
 
-    def step(self, n: int = 1) -> None:
-        """Record ``n`` more rounds."""
+    @property
+    def steps(self) -> int:
+        """Rounds recorded so far."""
+        return sum(int(n) for _, n in self.history)
+
+    def step(self, n: int = 1, *, sampling_rate: float | None = None) -> None:
+        """Record ``n`` more rounds at ``sampling_rate`` (the planned rate when ``None``)."""
         if n < 0:
             raise ValueError(f"`n` must be >= 0, got {n}")
-        self.steps += n
+        q = self.sampling_rate if sampling_rate is None else _check_rate(sampling_rate)
+        if n == 0:
+            return
+        if self.history and self.history[-1][0] == q:
+            self.history[-1][1] = int(self.history[-1][1]) + n
+        else:
+            self.history.append([q, n])
 
-    def epsilon_after(self, steps: int) -> float:
-        """ε after ``steps`` rounds in total (what-if, the ledger is unchanged)."""
-        return epsilon_for(
-            noise_multiplier=self.noise_multiplier,
-            sampling_rate=self.sampling_rate,
-            steps=steps,
-            delta=self.delta,
-            method=self.method,
+    def _epsilon(self, rates: list[tuple[float, int]]) -> float:
+        return epsilon_of_rounds(
+            noise_multiplier=self.noise_multiplier, rates=rates, delta=self.delta, method=self.method
         )
 
+    def _recorded(self) -> list[tuple[float, int]]:
+        return [(float(q), int(n)) for q, n in self.history]
+
+    def epsilon_after(self, steps: int) -> float:
+        """ε after ``steps`` rounds in total: the recorded ones, then more at the planned rate (what-if).
+
+        With ``steps`` below the recorded count, the first ``steps`` recorded rounds.
+        """
+        rates, left = [], steps
+        for q, n in self._recorded():
+            rates.append((q, min(n, left)))
+            left -= rates[-1][1]
+        rates.append((self.sampling_rate, left))
+        return self._epsilon(rates)
+
+    def epsilon_with_round(self, sampling_rate: float) -> float:
+        """ε once one more round at ``sampling_rate`` is recorded (the ledger is unchanged)."""
+        return self._epsilon([*self._recorded(), (_check_rate(sampling_rate), 1)])
+
     def epsilon(self) -> float:
-        """ε spent so far at this accountant's δ."""
-        return self.epsilon_after(self.steps)
+        """ε spent so far at this accountant's δ, each round at the rate it had."""
+        return self._epsilon(self._recorded())
+
+    def epsilon_without_sampling(self) -> float:
+        """ε against someone who knows which rounds each party was in (every recorded round at ``q = 1``)."""
+        return self._epsilon([(1.0, self.steps)])
 
     def max_steps_within(self, epsilon_max: float) -> int:
         """Largest total number of rounds with ε ≤ ``epsilon_max`` (:data:`MAX_STEPS` if never exceeded).
 
-        The round loop stops before round ``max_steps_within(budget) + 1``; the result does not depend on how
-        many rounds were already recorded, so it can be smaller than :attr:`steps` after a budget change.
-        Exponential then binary search: about ``2·log₂(result)`` evaluations of ε (tens of ms each with RDP,
-        around a second each with PLD), so call it once per run, not per round.
+        A forecast at the planned rate for the rounds not yet recorded; the round loop still checks each round
+        at the rate it will really have (:meth:`epsilon_with_round`). The result does not depend on how many
+        rounds were already recorded beyond their rates, so it can be smaller than :attr:`steps` after a budget
+        change. Exponential then binary search: about ``2·log₂(result)`` evaluations of ε (tens of ms each with
+        RDP, around a second each with PLD), so call it once per run, not per round.
         """
         if epsilon_max <= 0 or self.epsilon_after(1) > epsilon_max:
             return 0
@@ -138,15 +188,29 @@ class ClientDpAccountant:
             "delta": self.delta,
             "method": self.method,
             "steps": self.steps,
+            "history": [list(run) for run in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the step count; refuses a ledger kept under other parameters (it would misreport ε)."""
+        """Restore the recorded rounds; refuses a ledger kept under other parameters (it would misreport ε).
+
+        The planned sampling rate may differ (a resumed run can select differently): each recorded round keeps
+        the rate it had. A ledger saved before rates were recorded per round holds its rounds at its own rate.
+        """
         if state.get("type") != _TAG:
             raise ValueError(f"state of type {state.get('type')!r} cannot be loaded into {_TAG!r}")
-        for key in ("noise_multiplier", "sampling_rate", "delta", "method"):
+        for key in ("noise_multiplier", "delta", "method"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"privacy ledger was kept with {key}={state[key]!r}, this run uses {getattr(self, key)!r}"
                 )
-        self.steps = int(state["steps"])
+        history = state.get("history")
+        if history is None:
+            history = [[float(state["sampling_rate"]), int(state["steps"])]] if state["steps"] else []
+        self.history = [[float(q), int(n)] for q, n in history]
+
+
+def _check_rate(q: float) -> float:
+    if not 0 < q <= 1:
+        raise ValueError(f"`sampling_rate` must be in (0, 1], got {q}")
+    return q

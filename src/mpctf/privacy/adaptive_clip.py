@@ -1,13 +1,19 @@
 """Adaptive clipping: track a quantile of the update norms privately (Andrew, Thakkar, McMahan, Ramaswamy,
 2021, "Differentially Private Learning with Adaptive Clipping").
 
-Each party reports ``b_k = 1[‖Δ_k‖ ≤ C]`` beside its update; the server releases the noised fraction of
-unclipped updates and moves ``C`` geometrically towards the target quantile ``γ``:
+Each party reports the centred indicator ``b_k − ½`` with ``b_k = 1[‖Δ_k‖ ≤ C]`` beside its update; the
+server releases the noised fraction of unclipped updates over the ``m`` selected parties (public) and moves ``C``
+geometrically towards the target quantile ``γ``:
 
-    b̄ = (Σ_k b_k + N(0, σ_b²)) / m
+    b̄ = (Σ_k (b_k − ½) + N(0, σ_b²) + m/2) / m
     C ← C · exp(−η · (b̄ − γ))
 
-Centring ``b_k − ½`` makes the count's sensitivity ½, so it is a Gaussian mechanism with multiplier ``2σ_b``.
+The centring is what the accounting below relies on (it is also how the paper and TF-Privacy do it): adding or
+removing one party moves ``Σ_k (b_k − ½)`` by at most ½, so the released count is a Gaussian mechanism with
+multiplier ``2σ_b``. An uncentred 0/1 bit would have sensitivity 1 and multiplier ``σ_b`` only. The server adds
+``m/2`` back after the noise: ``m`` is public, so that is post-processing. The server also clamps each value it
+receives in the clear to ``[−½, ½]``, so a party that reports something else cannot raise the sensitivity.
+In distributed mode each of the parties adds its share of the count noise before masking, like the update's.
 Composed with the update's Gaussian (multiplier ``z_Δ``) the round is one Gaussian with
 ``z = (z_Δ⁻² + (2σ_b)⁻²)^(−½)``. Given the total ``z`` the accountant uses, the updates therefore get
 
@@ -75,16 +81,21 @@ class AdaptiveClipper:
         self.update_noise_multiplier = update_noise_multiplier(total_noise_multiplier, params.count_noise_std)
         self.clip_norm = initial_clip_norm
 
-    def update(self, unclipped_count: float, num_parties: int, generator: torch.Generator) -> float:
-        """Fold one round's (summed, un-noised) indicator count in; returns the new clip norm."""
+    def update(self, centred_sum: float, num_parties: int, generator: torch.Generator | None) -> float:
+        """Fold one round's sum of centred indicators ``Σ (b_k − ½)`` in; returns the new clip norm.
+
+        ``generator`` draws the count noise ``N(0, σ_b²)``; pass ``None`` when the parties already added it
+        (distributed mode: the sum arrives noised). ``num_parties`` is the number selected (public).
+        """
         if num_parties < 1:
             raise ValueError(f"`num_parties` must be >= 1, got {num_parties}")
-        import torch
+        noise = 0.0
+        if generator is not None:
+            import torch
 
-        noise = (
-            float(torch.randn((), generator=generator, device=generator.device)) * self.params.count_noise_std
-        )
-        fraction = (unclipped_count + noise) / num_parties
+            noise = float(torch.randn((), generator=generator, device=generator.device))
+            noise *= self.params.count_noise_std
+        fraction = (centred_sum + noise + num_parties / 2) / num_parties
         self.clip_norm = geometric_clip_update(
             self.clip_norm, fraction, self.params.target_quantile, self.params.learning_rate
         )
@@ -99,6 +110,11 @@ class AdaptiveClipper:
         self.clip_norm = float(state["clip_norm"])
 
 
-def unclipped(original_norm: float, clip_norm: float) -> float:
-    """Party side: the indicator ``1[‖Δ‖ ≤ C]`` sent (summed securely, if at all) beside the update."""
-    return 1.0 if original_norm <= clip_norm else 0.0
+def centred_indicator(original_norm: float, clip_norm: float) -> float:
+    """Party side: ``1[‖Δ‖ ≤ C] − ½``, sent (summed securely, if at all) beside the update."""
+    return 0.5 if original_norm <= clip_norm else -0.5
+
+
+def bounded_indicator(value: float) -> float:
+    """Server side: a centred indicator received in the clear, clamped to ``[−½, ½]`` (its sensitivity bound)."""
+    return min(0.5, max(-0.5, float(value)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +60,18 @@ class RunResult:
         return first.get("accuracy") if first else None
 
 
-def select_parties(available: list[str], per_round: int | None, seed: int, round_num: int) -> list[str]:
-    """A seeded uniform sample of ``per_round`` parties (all when ``None``), sorted."""
+def select_parties(
+    available: list[str], per_round: int | None, seed: int, round_num: int, *, secret: bool = False
+) -> list[str]:
+    """A uniform sample of ``per_round`` parties (all when ``None``), sorted.
+
+    Seeded (reproducible from ``seed``) by default; ``secret`` draws it from the OS's CSPRNG instead, as client
+    DP's amplification by sampling needs: a selection replayable from ``config.yaml`` is known to everyone.
+    """
     if per_round is None or per_round >= len(available):
         return sorted(available)
-    return sorted(random.Random(f"select:{seed}:{round_num}").sample(sorted(available), per_round))
+    rng = secrets.SystemRandom() if secret else random.Random(f"select:{seed}:{round_num}")
+    return sorted(rng.sample(sorted(available), per_round))
 
 
 def max_reply_bytes(config: RunConfig, state: NamedTensors) -> int:
@@ -166,7 +174,8 @@ class RoundLoop:
         fed = self.config.federation
         # A party is only sent work once it is planned (one that was down at planning time is not).
         reachable = [p for p in self.backend.party_names() if p in plans]
-        selected = select_parties(reachable, fed.parties_per_round, self.config.seed, round_num)
+        secret = self.privacy is not None and self.privacy.secret_selection
+        selected = select_parties(reachable, fed.parties_per_round, self.config.seed, round_num, secret=secret)
         if len(selected) < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
@@ -177,7 +186,9 @@ class RoundLoop:
         payload = self.strategy.round_payload()
         private = {}
         if self.privacy is not None:  # secure aggregation's key exchanges may leave parties out of the round
-            private = self.privacy.begin_round(round_num, selected, plans, self.backend)
+            private = self.privacy.begin_round(
+                round_num, selected, plans, self.backend, reachable=len(reachable)
+            )
             selected = [p for p in selected if p in private]
         shared: dict[int, tuple[NamedTensors, dict[str, Any]]] = {}
 
@@ -309,7 +320,8 @@ class RoundLoop:
                 result.rounds.append(recovered)  # as the Flower and worker launchers report it from the log
         stopped = None
         for round_num in range(start, self.config.federation.rounds + 1):
-            if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num)):
+            reachable = sum(p in plans for p in self.backend.party_names())
+            if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num, reachable)):
                 self.log.write("privacy_stop", round=round_num, reason=stopped)
                 break
             began = time.perf_counter()

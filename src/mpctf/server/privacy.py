@@ -15,6 +15,7 @@ which is why only strategies that depend on the mean update are allowed (``priva
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class _Round:
     server_seconds: float = 0.0
     dropped: list[str] = field(default_factory=list)
     decrypted_by: str | None = None
+    #: Parties whose update arrived above the clip norm and was clipped by the server.
+    server_clipped: list[str] = field(default_factory=list)
+    #: Factor the parties applied to the centred indicator inside the masked vector.
+    indicator_scale: float = 1.0
 
 
 class ServerPrivacy:
@@ -71,7 +76,9 @@ class ServerPrivacy:
             privacy.homomorphic_encryption,
         )
         fed = config.federation
+        #: The planned rate (every configured party reachable); each round accounts the rate it really had.
         self.q = sampling_rate(fed.parties_per_round or len(config.parties), len(config.parties))
+        self.round_q = self.q
         self.accountant = None
         self.clipper = None
         self.clip_norm = self.dp.clip_norm if self.dp else 0.0
@@ -125,6 +132,8 @@ class ServerPrivacy:
     def setup(self, backend: Backend) -> dict[str, Any]:
         """Once per run start: the epsilon budget in rounds, and CKKS key distribution; returns what to log."""
         info: dict[str, Any] = {"mechanism": self.mechanism, "sampling_rate": self.q}
+        if self.dp is not None:
+            info["selection"] = "os_csprng" if self.secret_selection else "all_reachable"
         if self.accountant is not None and self.dp is not None:
             info |= {"delta": self.dp.delta, "noise_multiplier": self.dp.noise_multiplier}
             if self.dp.epsilon_max is not None:
@@ -184,14 +193,30 @@ class ServerPrivacy:
             self._round.seconds += time.perf_counter() - start
         return answered
 
-    def stop_reason(self, round_num: int) -> str | None:
-        """Why round ``round_num`` must not run (it would exceed ``epsilon_max``), or ``None``."""
-        if self.max_rounds is None or self.accountant is None or self.dp is None:
+    @property
+    def secret_selection(self) -> bool:
+        """Whether the round loop must draw its selection from the OS's CSPRNG: the ledger's amplification by
+        sampling holds only for a selection nobody can predict (a seeded one can be replayed from config.yaml)."""
+        return self.dp is not None and self.config.federation.parties_per_round is not None
+
+    def round_sampling_rate(self, reachable: int) -> float:
+        """``q`` of a round that samples among ``reachable`` parties."""
+        from mpctf.privacy.accountant import sampling_rate
+
+        per_round = self.config.federation.parties_per_round or reachable
+        return sampling_rate(min(per_round, reachable), reachable) if reachable else 1.0
+
+    def stop_reason(self, round_num: int, reachable: int | None = None) -> str | None:
+        """Why round ``round_num`` must not run (it would take ε above ``epsilon_max``), or ``None``.
+
+        ``reachable``: the parties the round would sample from (``None``: as many as the last round had)."""
+        if self.dp is None or self.dp.epsilon_max is None or self.accountant is None:
             return None
-        if self.accountant.steps + 1 <= self.max_rounds:
+        q = self.round_sampling_rate(reachable) if reachable is not None else self.round_q
+        after = self.accountant.epsilon_with_round(q)
+        if after <= self.dp.epsilon_max:
             return None
         spent = self.accountant.epsilon()
-        after = self.accountant.epsilon_after(self.accountant.steps + 1)
         return (
             f"privacy budget: round {round_num} would raise epsilon from {spent:.4g} to {after:.4g}, above "
             f"epsilon_max {self.dp.epsilon_max:g} (delta {self.dp.delta:g})"
@@ -199,36 +224,59 @@ class ServerPrivacy:
 
     # --- one round -------------------------------------------------------------------------------
     def begin_round(
-        self, round_num: int, selected: list[str], plans: dict[str, PartyPlan], backend: Backend
+        self,
+        round_num: int,
+        selected: list[str],
+        plans: dict[str, PartyPlan],
+        backend: Backend,
+        *,
+        reachable: int | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Per party of the round (those that finished the key exchanges), the ``privacy`` instructions."""
+        """Per party of the round (those that finished the key exchanges), the ``privacy`` instructions.
+
+        ``reachable``: how many parties the selection was drawn from (its sampling rate is accounted); ``None``
+        means every configured party. The instructions carry every parameter the party applies (clip norm,
+        noise shares, how to hide the update): a party follows the server's, not its own config's."""
+        from mpctf.privacy.dp import distributed_noise_std
+
         self._round = state = _Round(selected=list(selected))
+        self.round_q = self.round_sampling_rate(len(self.config.parties) if reachable is None else reachable)
         base: dict[str, Any] = {"weight": self.weight_rule}
+        if self.secagg is not None:
+            base["hide"] = "secagg"
+        elif self.he is not None:
+            base["hide"] = "ckks"
         if self.weight_rule != "uniform" and self.hides_updates:
             # Parties send (w_k / W)·Δ_k so masked values stay near the update's own scale; W is public.
             state.weight_total = sum(_planned_weight(plans[p], self.weight_rule) for p in selected)
             base["weight_total"] = state.weight_total
         if self.dp is not None:
             base["clip_norm"] = self.clip_norm
+            base["adaptive"] = self.clipper is not None
         inboxes: dict[str, str | None] = dict.fromkeys(selected)
         if self.secagg is not None:
             inboxes = self._secagg_keys(round_num, selected, backend)
         if self.dp is not None and self.dp.mode == "distributed":
-            base["noise_std"] = self._noise_share(len(inboxes))
+            least = self._least_summed(len(inboxes))
+            base["noise_std"] = distributed_noise_std(self.update_noise, self.clip_norm, least)
+            if self.clipper is not None:  # the count's noise is shared out like the update's
+                base["count_noise_std"] = self.clipper.params.count_noise_std / math.sqrt(least)
+        if self.secagg is not None and self.clipper is not None:
+            state.indicator_scale = self._indicator_scale(base.get("count_noise_std", 0.0))
+            base["indicator_scale"] = state.indicator_scale
         return {p: {**base, **({"inbox": box} if box else {})} for p, box in inboxes.items()}
 
-    def _noise_share(self, holders: int) -> float:
-        from mpctf.privacy.dp import distributed_noise_std
+    def _least_summed(self, holders: int) -> int:
+        """The fewest updates that can reach the sum: each party's share of the noise is planned for them.
 
-        # Plan for the fewest updates that can reach the sum: the SecAgg threshold (or min_parties), so a
-        # dropout never leaves the sum with less noise than σC.
+        The SecAgg threshold (or min_parties), so a dropout never leaves the sum with less noise than σC."""
         least = self.config.federation.min_parties
         if self.secagg is not None:
             holders_per_secret = (
                 holders if self.secagg.num_neighbours is None else self.secagg.num_neighbours + 1
             )
             least = max(least, 2, self.secagg.threshold_for(min(holders, holders_per_secret)))
-        return distributed_noise_std(self.update_noise, self.clip_norm, least)
+        return least
 
     def _secagg_keys(self, round_num: int, selected: list[str], backend: Backend) -> dict[str, str | None]:
         """Exchanges 1 (advertise keys) and 2 (share keys); each party's inbox, base64, for its train task."""
@@ -238,7 +286,8 @@ class ServerPrivacy:
 
         assert self.secagg is not None and self._round is not None
         self._round.secagg = server = SecAggServer(self.secagg, round_num)
-        advertise = {p: rounds.request(rounds.SECAGG_ADVERTISE, round_num) for p in selected}
+        ring = self.secagg.model_dump()
+        advertise = {p: rounds.request(rounds.SECAGG_ADVERTISE, round_num, secagg=ring) for p in selected}
         ads = self._exchange(backend, advertise)
         roster = wire.dumps(
             server.collect_keys([self._message(r, rounds.SECAGG_ADVERTISE) for r in ads.values()])
@@ -289,10 +338,21 @@ class ServerPrivacy:
         return 4 * layout.numel
 
     def receive_plain(self, update: Update) -> None:
-        """Central client DP: fold one clipped update into the round's plain sum (uniform weights)."""
+        """Central client DP: clip one update again and fold it into the round's plain sum (uniform weights).
+
+        The server enforces the bound its noise is calibrated to instead of trusting the party to have clipped
+        (a party whose config lacks client DP, or a faulty one, would otherwise widen the sensitivity). The
+        party's adaptive-clipping indicator is clamped to its bound for the same reason."""
+        from mpctf.privacy.adaptive_clip import bounded_indicator
+        from mpctf.privacy.dp import clip_update
+
         state = self._require_round()
-        state.plain_sum = weighted_sum_into(state.plain_sum, update.tensors, 1.0)
-        state.unclipped += update.metrics.get("dp_unclipped", 0.0)
+        clipped, norm = clip_update(update.tensors, self.clip_norm)
+        if norm > self.clip_norm * (1 + 1e-5):  # float rounding of an honest party's clip is not a breach
+            state.server_clipped.append(update.party)
+        state.plain_sum = weighted_sum_into(state.plain_sum, clipped, 1.0)
+        if self.clipper is not None:
+            state.unclipped += bounded_indicator(update.metrics.get("dp_unclipped", -0.5))
         self._count(update)
 
     def _count(self, update: Update) -> None:
@@ -375,11 +435,14 @@ class ServerPrivacy:
         state.dropped = sorted(set(state.selected) - set(survivors))
         unclipped = total.pop(rounds.UNCLIPPED, None)
         if unclipped is not None:
-            state.unclipped = float(unclipped.sum()) / self._indicator_scale()
+            state.unclipped = float(unclipped.sum()) / state.indicator_scale
         return total
 
-    def _indicator_scale(self) -> float:
-        return min(1.0, self.secagg.clip_range) if self.secagg is not None else 1.0
+    def _indicator_scale(self, count_noise_share: float) -> float:
+        """Factor that keeps a (noised) centred indicator inside the fixed-point ``clip_range``: clamping it
+        would cut the tails of the noise the ledger counts on (8 standard deviations of headroom)."""
+        assert self.secagg is not None
+        return min(1.0, self.secagg.clip_range / (0.5 + 8 * count_noise_share))
 
     def _he_mean(self, round_num: int, backend: Backend) -> NamedTensors:
         """Σ_k f·c_k in ciphertext (f turns the sum into the mean), decrypted by the first party that can."""
@@ -407,14 +470,18 @@ class ServerPrivacy:
         assert self.accountant is not None and self.dp is not None
         state = self._require_round()
         clip_used = self.clip_norm
-        self.accountant.step()
+        self.accountant.step(sampling_rate=self.round_q)
         if self.clipper is not None:
-            self.clip_norm = self.clipper.update(state.unclipped, len(state.selected), self.generator)
+            # In distributed mode the parties noised the count before it was summed.
+            generator = self.generator if self.dp.mode == "central" else None
+            self.clip_norm = self.clipper.update(state.unclipped, len(state.selected), generator)
         return {
             "dp_epsilon": self.accountant.epsilon(),
+            "dp_epsilon_known_selection": self.accountant.epsilon_without_sampling(),
             "dp_delta": self.dp.delta,
             "dp_rounds": self.accountant.steps,
-            "dp_sampling_rate": self.q,
+            "dp_sampling_rate": self.round_q,
+            "dp_selection": "os_csprng" if self.secret_selection else "all_reachable",
             "dp_noise_multiplier": self.dp.noise_multiplier,
             "dp_clip_norm": clip_used,
             **({"dp_next_clip_norm": self.clip_norm} if self.clipper is not None else {}),
@@ -431,6 +498,8 @@ class ServerPrivacy:
             out["privacy_dropped"] = state.dropped
         if state.decrypted_by:
             out["he_decrypted_by"] = state.decrypted_by
+        if state.server_clipped:
+            out["dp_server_clipped"] = state.server_clipped
         return out
 
     # --- persistence -----------------------------------------------------------------------------
