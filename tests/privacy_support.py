@@ -47,12 +47,15 @@ class Federation:
         party_privacy: dict[str, Any] | None = None,
         federation: dict[str, Any] | None = None,
         scale: float = 1.0,
+        communication: dict[str, Any] | None = None,
     ) -> None:
         """``party_privacy``: the parties' own ``privacy:`` section when it differs from the server's;
         ``scale`` multiplies every party's delta."""
         overrides: dict[str, Any] = {"parties": [{"name": n} for n in NAMES], "privacy": privacy}
         if federation is not None:
             overrides["federation"] = {"rounds": 2, "strategy": {"name": "fedavg"}, **federation}
+        if communication is not None:
+            overrides["communication"] = communication
         self.config = load_config(tiny_config_dict(tmp_path, **overrides))
         own = self.config.privacy if party_privacy is None else PrivacyConfig.model_validate(party_privacy)
         self.parties = {p: PartyPrivacy(own, p) for p in NAMES}

@@ -595,18 +595,18 @@ def _check_plugins(config: RunConfig) -> list[str]:
 def _check_privacy(config: RunConfig) -> list[str]:
     """One line per privacy mechanism that cannot work with the chosen strategy, codecs or training mode."""
     from mpctf.aggregation import STRATEGIES
-    from mpctf.privacy.compat import incompatibilities, unsupported_in_rounds
+    from mpctf.comm import CODECS
+    from mpctf.model.modes import MODES
+    from mpctf.privacy.compat import incompatibilities
 
     privacy = config.privacy
     if privacy == PrivacyConfig():
         return []
-    strategy = config.federation.strategy.name
-    uplink = [spec.name for spec in config.communication.uplink]
-    buffers = STRATEGIES.get(strategy).buffers_updates
-    # What cannot work at all first; what the round loop does not support only once that is settled.
-    problems = list(
-        incompatibilities(strategy, buffers, uplink, privacy)
-        or unsupported_in_rounds(strategy, uplink, privacy, config.training.mode)
+    problems = incompatibilities(
+        STRATEGIES.get(config.federation.strategy.name),
+        [CODECS.get(spec.name) for spec in config.communication.uplink],
+        privacy,
+        MODES.get(config.training.mode),
     )
     several = [p for p in config.party_names if config.party_processes(p) > 1]
     if privacy.sample_dp is not None and several:

@@ -2,69 +2,88 @@ from __future__ import annotations
 
 import pytest
 
-from mpctf.privacy.compat import incompatibilities
+from mpctf.aggregation import STRATEGIES
+from mpctf.comm import CODECS
+from mpctf.model.modes import MODES
+from mpctf.privacy.compat import MECHANISMS, incompatibilities
 from mpctf.privacy.config import PrivacyConfig
 
 DP = {"noise_multiplier": 1.0, "clip_norm": 0.1}
+DISTRIBUTED = {**DP, "mode": "distributed"}
+
+
+def problems(strategy: str, codecs: list[str], privacy, mode: str | None = None) -> list[str]:
+    return incompatibilities(
+        STRATEGIES.get(strategy), [CODECS.get(c) for c in codecs], privacy, MODES.get(mode) if mode else None
+    )
 
 
 def test_clean_combinations_have_no_problems():
-    assert incompatibilities("fedavg", False, ["zstd"], {}) == []
-    assert incompatibilities("fedadam", False, ["int8"], {"secure_aggregation": {}}) == []
+    assert problems("fedavg", ["zstd"], {}) == []
+    assert problems("fedadam", ["int8"], {"secure_aggregation": {}}) == []
+    assert problems("fedavgm", ["int4"], {"secure_aggregation": {}}) == []
+    assert problems("fedavg", [], {"client_dp": DISTRIBUTED, "secure_aggregation": {}}) == []
     assert (
-        incompatibilities(
-            "fedavg", False, [], {"client_dp": {**DP, "mode": "distributed"}, "secure_aggregation": {}}
-        )
+        problems("fedavg", [], {"client_dp": DP, "sample_dp": {"noise_multiplier": 1, "max_grad_norm": 1}})
         == []
     )
-    assert (
-        incompatibilities(
-            "fedavg", False, [], {"client_dp": DP, "sample_dp": {"noise_multiplier": 1, "max_grad_norm": 1}}
-        )
-        == []
-    )
-    assert incompatibilities("fedprox", False, [], {"homomorphic_encryption": {}}) == []
+    # the server reads the decrypted mean, so any strategy that only needs the mean works with CKKS
+    assert problems("fedadam", [], {"homomorphic_encryption": {}}) == []
+    assert problems("fedprox", [], {"homomorphic_encryption": {}}) == []
 
 
 @pytest.mark.parametrize(
-    ("strategy", "buffers", "codecs", "privacy", "fragment"),
+    ("strategy", "codecs", "privacy", "fragment"),
     [
-        ("krum", True, [], {"secure_aggregation": {}}, "needs every individual update"),
-        ("fedmedian", False, [], {"homomorphic_encryption": {}}, "needs every individual update"),
-        ("fedadam", False, [], {"homomorphic_encryption": {}}, "cannot post-process it"),
-        ("fedavg", False, ["topk"], {"homomorphic_encryption": {}}, "keeps different coordinates"),
-        ("fedavg", False, ["top_k"], {"secure_aggregation": {}}, "keeps different coordinates"),
-        ("fedavg", False, [], {"secure_aggregation": {}, "homomorphic_encryption": {}}, "enable only one"),
+        ("krum", [], {"secure_aggregation": {}}, "needs every individual update"),
+        ("median", [], {"homomorphic_encryption": {}}, "needs every individual update"),
+        ("scaffold", [], {"homomorphic_encryption": {}}, "aggregates one mean update per round"),
+        ("dynamic", [], {"client_dp": DP}, "aggregates one mean update per round"),
+        ("fedavg", ["topk"], {"homomorphic_encryption": {}}, "keeps different coordinates"),
+        ("fedavg", ["topk"], {"secure_aggregation": {}}, "keeps different coordinates"),
+        ("fedavg", ["zstd"], {"secure_aggregation": {}}, "one integer quantiser"),
+        ("fedavg", ["int8", "zstd"], {"secure_aggregation": {}}, "remove the uplink codecs"),
+        ("fedavg", ["int8"], {"homomorphic_encryption": {}}, "remove the uplink codecs."),
+        ("fedavg", ["int8"], {"client_dp": DISTRIBUTED, "secure_aggregation": {}}, "noised share to 8 bits"),
+        ("fedavg", [], {"secure_aggregation": {}, "homomorphic_encryption": {}}, "enable only one"),
+        ("fedavg", [], {"client_dp": DP, "secure_aggregation": {}}, "set client_dp.mode to 'distributed'"),
+        ("fedavg", [], {"client_dp": DISTRIBUTED}, "only 1/√n of the noise"),
         (
             "fedavg",
-            False,
             [],
-            {"client_dp": DP, "secure_aggregation": {}},
-            "set client_dp.mode to 'distributed'",
-        ),
-        ("fedavg", False, [], {"client_dp": {**DP, "mode": "distributed"}}, "only 1/√n of the noise"),
-        ("trimmed_mean", True, [], {"client_dp": DP}, "does not aggregate by a sum"),
-        (
-            "fedavg",
-            False,
-            [],
-            {
-                "client_dp": {**DP, "mode": "distributed", "adaptive_clipping": {}},
-                "homomorphic_encryption": {},
-            },
-            "adaptive clipping needs the server",
+            {"client_dp": {**DISTRIBUTED, "adaptive_clipping": {}}, "homomorphic_encryption": {}},
+            "adaptive clipping rides its count",
         ),
     ],
 )
-def test_each_incompatibility_is_one_sentence(strategy, buffers, codecs, privacy, fragment):
-    problems = incompatibilities(strategy, buffers, codecs, privacy)
-    matching = [p for p in problems if fragment in p]
-    assert len(matching) == 1, problems
+def test_each_incompatibility_is_one_sentence(strategy, codecs, privacy, fragment):
+    found = problems(strategy, codecs, privacy)
+    matching = [p for p in found if fragment in p]
+    assert len(matching) == 1, found
     assert matching[0].endswith(".")
+
+
+def test_sample_dp_needs_a_mode_with_per_example_gradients():
+    sample_dp = {"sample_dp": {"noise_multiplier": 1, "max_grad_norm": 1}}
+    assert problems("fedavg", [], sample_dp, "lora") == []
+    assert "per-example gradients" in problems("fedavg", [], sample_dp, "full")[0]
+
+
+def test_rules_read_declared_properties_not_names():
+    """Every registered strategy and codec is judged by what it declares: a new one needs no table entry."""
+    for name in STRATEGIES:
+        cls = STRATEGIES.get(name)
+        found = problems(name, [], {"secure_aggregation": {}})
+        assert (found == []) == (cls.aggregates_by_mean and not cls.buffers_updates), name
+    for name in CODECS:
+        cls = CODECS.get(name)
+        found = problems("fedavg", [name], {"secure_aggregation": {}})
+        assert (found == []) == (cls.integer_bits is not None and not cls.sparsifies), name
+    assert set(MECHANISMS) == set(PrivacyConfig.model_fields)
 
 
 def test_accepts_a_validated_config_and_rejects_unknown_keys():
     config = PrivacyConfig.model_validate({"secure_aggregation": {"threshold": 3}})
-    assert incompatibilities("krum", True, [], config)
+    assert problems("krum", [], config)
     with pytest.raises(ValueError, match="extra"):
-        incompatibilities("fedavg", False, [], {"secure_agg": {}})
+        problems("fedavg", [], {"secure_agg": {}})

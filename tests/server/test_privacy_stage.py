@@ -102,3 +102,22 @@ def test_the_round_that_would_exceed_epsilon_max_is_refused_with_the_reason(tmp_
     fed.round(server, 1)
     reason = server.stop_reason(2)
     assert reason is not None and "round 2" in reason and "epsilon_max" in reason
+
+
+def test_secure_aggregation_with_an_int8_uplink_sums_codes_of_one_public_scale_exactly(tmp_path):
+    """int8 under SecAgg: the ring takes the codec's precision (clip_range / 127 per code, stochastic rounding),
+    the masked values travel as int16 (8 bits + headroom for 3 parties), and the mean is unbiased."""
+    fed = Federation(
+        tmp_path, {"secure_aggregation": {"clip_range": 0.05}}, communication={"uplink": [{"name": "int8"}]}
+    )
+    server = server_for(fed)
+    results = [fed.round(server, r) for r in range(1, 41)]
+    assert all(t["secagg.masked"].dtype == torch.int16 for t in fed.seen_by_server)
+    expected = weighted_mean(fed.deltas, NAMES)
+    step = 0.05 / 127
+    for key in expected:
+        one = results[0][key]
+        # each party's code is off by less than one step, then the sum is rescaled by the public weights
+        assert float((one - expected[key]).abs().max()) <= len(NAMES) * step
+        average = sum(r[key] for r in results) / len(results)
+        torch.testing.assert_close(average, expected[key], atol=step / 3, rtol=0)  # unbiased

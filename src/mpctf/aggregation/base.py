@@ -88,6 +88,9 @@ class Strategy(ABC):
     #: True when the global adapter holds ``ΔW = B A`` with the LoRA scale folded into ``B`` (hetlora,
     #: flexlora): the server's own adapter must then have ``lora_alpha = r``, or it would apply a scale twice.
     folds_lora_scale: ClassVar[bool] = False
+    #: True when the server step depends on the updates only through their weighted mean, so it can be handed
+    #: one mean computed from a secure sum, a decrypted CKKS aggregate or a DP-noised sum (privacy stages).
+    aggregates_by_mean: ClassVar[bool] = False
 
     def __init__(self, params: StrategyParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -62,6 +62,8 @@ def dynamic_log_weight(update: Update, params: DynamicParams) -> float:
 
 @STRATEGIES.register("dynamic")
 class DynamicWeighting(FedAvg):
+    aggregates_by_mean = False
+
     Params = DynamicParams  # type: ignore[assignment]
     params: DynamicParams  # type: ignore[assignment]
 

@@ -36,6 +36,8 @@ def update_weight(update: Update, weight: str) -> float:
 
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
+    aggregates_by_mean = True
+
     Params = FedAvgParams
     params: FedAvgParams
 

@@ -43,6 +43,8 @@ def adaptive_step(m: torch.Tensor, v: torch.Tensor, *, eta: float, tau: float) -
 class ServerOptimizer(Strategy):
     """FedAvg's mean delta followed by one adaptive step; subclasses give the second-moment rule."""
 
+    aggregates_by_mean = True
+
     Params = FedOptParams
     params: FedOptParams
 

@@ -43,6 +43,8 @@ class FlexLoRAParams(FedAvgParams):
 
 @STRATEGIES.register("flexlora")
 class FlexLoRA(FedAvg):
+    aggregates_by_mean = False
+
     folds_lora_scale = True
     Params = FlexLoRAParams
     params: FlexLoRAParams

@@ -75,6 +75,8 @@ class FloraHooks(PartyHooks):
 
 @STRATEGIES.register("flora")
 class Flora(FedAvg):
+    aggregates_by_mean = False
+
     Params = FloraParams
     params: FloraParams
     buffers_updates = True

@@ -37,6 +37,8 @@ from mpctf.messages import NamedTensors, Update
 
 @STRATEGIES.register("hetlora")
 class HetLoRA(FedAvg):
+    aggregates_by_mean = False
+
     folds_lora_scale = True
     _lora: LoraParties | None = None
 

@@ -25,6 +25,8 @@ def clip_factor(norm: float, max_norm: float) -> float:
 
 @STRATEGIES.register("norm_bounded")
 class NormBounded(FedAvg):
+    aggregates_by_mean = False
+
     Params = NormBoundedParams
     params: NormBoundedParams
 

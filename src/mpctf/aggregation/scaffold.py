@@ -107,6 +107,8 @@ class ScaffoldParams(FedAvgParams):
 
 @STRATEGIES.register("scaffold")
 class Scaffold(FedAvg):
+    aggregates_by_mean = False
+
     Params = ScaffoldParams
     params: ScaffoldParams
 

@@ -31,6 +31,11 @@ class Codec(ABC):
     lossless: ClassVar[bool] = False
     #: True when ``encode`` reads or writes the per-party ``state`` (its output depends on the party's history).
     keeps_state: ClassVar[bool] = False
+    #: True when the codec keeps a party-specific subset of coordinates (a sum over parties then mixes them).
+    sparsifies: ClassVar[bool] = False
+    #: Bits per value when the codec quantises to signed integers (``None``: it does not); under secure
+    #: aggregation this sets the ring's precision instead, with one public scale for every party.
+    integer_bits: ClassVar[int | None] = None
 
     def __init__(self, params: CodecParams | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -21,6 +21,8 @@ class Int4Codec(Codec):
     value plus 4 bytes per block (≈ 7.1× smaller than float32 at the default block of 64).
     """
 
+    integer_bits = 4
+
     Params = QuantizeParams
     params: QuantizeParams
 

@@ -20,6 +20,8 @@ class Int8Codec(Codec):
     plus 4 bytes per block (≈ 3.8× smaller than float32 at the default block of 64).
     """
 
+    integer_bits = 8
+
     Params = QuantizeParams
     params: QuantizeParams
 

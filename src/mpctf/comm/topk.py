@@ -57,6 +57,8 @@ class TopKCodec(Codec):
     later codec (``int8``, ``fp16``) compresses the values and leaves the indices alone.
     """
 
+    sparsifies = True
+
     Params = TopKParams
     params: TopKParams
     keeps_state = True

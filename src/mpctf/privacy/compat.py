@@ -1,131 +1,145 @@
-"""Which combinations of strategy, codecs and privacy mechanisms cannot work together, in plain sentences.
+"""Which combinations of strategy, codecs, training mode and privacy mechanisms cannot work together, in sentences.
 
 Called once at config validation, so a run that could only fail or silently lose its guarantee never starts.
-The codec tables name codecs by what they do; a codec added later joins the table that fits it.
+Every rule reads properties that the parts declare, never their names: a strategy's ``aggregates_by_mean`` and
+``buffers_updates``, a codec's ``sparsifies`` and ``integer_bits``, a training mode's ``per_example_gradients``,
+and the mechanisms' own (:data:`MECHANISMS`). A strategy or codec added later is judged by what it declares.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mpctf.privacy.config import PrivacyConfig
 
-#: Strategies that combine updates non-linearly (order statistics, distances between updates).
-NONLINEAR_STRATEGIES = frozenset(
-    {"fedmedian", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "geomed"}
-)
-#: Strategies whose server step is only a weighted mean of the updates (so HE parties can decrypt the result).
-WEIGHTED_MEAN_STRATEGIES = frozenset({"fedavg", "fedprox"})
-#: Codecs that keep a party-specific subset of coordinates.
-SPARSIFYING_CODECS = frozenset({"topk", "top_k", "randk", "rand_k", "sparsify"})
+if TYPE_CHECKING:
+    from mpctf.aggregation.base import Strategy
+    from mpctf.comm.base import Codec
+    from mpctf.model.modes.base import TrainingMode
+
+
+@dataclass(frozen=True)
+class MechanismTraits:
+    """What a privacy mechanism (a section of ``privacy:``) declares about itself."""
+
+    #: How sentences name it.
+    title: str
+    #: The server sees only a sum (or mean) of the updates, never one of them.
+    hides_updates: bool = False
+    #: Its arithmetic on integer codes is exact (a ring), so an integer quantiser can set its precision.
+    exact_on_integer_codes: bool = False
+    #: The adaptive-clipping count can ride inside the hidden sum.
+    carries_clip_count: bool = False
+
+
+#: The traits of each mechanism, by its ``privacy:`` section.
+MECHANISMS: dict[str, MechanismTraits] = {
+    "secure_aggregation": MechanismTraits(
+        "secure aggregation", hides_updates=True, exact_on_integer_codes=True, carries_clip_count=True
+    ),
+    "homomorphic_encryption": MechanismTraits("homomorphic encryption", hides_updates=True),
+    "client_dp": MechanismTraits("client-level DP"),
+    "sample_dp": MechanismTraits("sample-level DP-SGD"),
+}
+
+
+def _enabled(config: PrivacyConfig) -> dict[str, MechanismTraits]:
+    return {name: traits for name, traits in MECHANISMS.items() if getattr(config, name) is not None}
+
+
+def _hiding(config: PrivacyConfig) -> MechanismTraits | None:
+    return next((t for t in _enabled(config).values() if t.hides_updates), None)
 
 
 def incompatibilities(
-    strategy_name: str,
-    strategy_buffers_updates: bool,
-    codec_names: list[str],
+    strategy: type[Strategy],
+    codecs: list[type[Codec]],
     privacy: dict[str, Any] | PrivacyConfig,
+    training_mode: type[TrainingMode] | None = None,
 ) -> list[str]:
     """One sentence per combination that cannot work; empty when everything fits."""
     config = privacy if isinstance(privacy, PrivacyConfig) else PrivacyConfig.model_validate(privacy)
-    hidden = _hiding_mechanism(config)
+    hiding = [t for t in _enabled(config).values() if t.hides_updates]
+    hidden = hiding[0] if hiding else None
+    name = strategy.registered_name
     problems: list[str] = []
-    if config.secure_aggregation is not None and config.homomorphic_encryption is not None:
+    if len(hiding) > 1:
         problems.append(
-            "secure aggregation and homomorphic encryption both hide individual updates from the server; "
-            "enable only one of them."
+            f"{' and '.join(t.title for t in hiding)} each hide individual updates from the server; enable only "
+            "one of them."
         )
-    if hidden and (strategy_buffers_updates or strategy_name in NONLINEAR_STRATEGIES):
+    if hidden is not None and strategy.buffers_updates:
         problems.append(
-            f"strategy {strategy_name!r} needs every individual update, but with {hidden} the server only "
-            "ever sees their sum."
+            f"strategy {name!r} needs every individual update, but with {hidden.title} the server only ever "
+            "sees their sum."
         )
-    if config.homomorphic_encryption is not None and strategy_name not in WEIGHTED_MEAN_STRATEGIES:
+    elif (hidden is not None or config.client_dp is not None) and not strategy.aggregates_by_mean:
+        what = hidden.title if hidden is not None else "client-level DP"
         problems.append(
-            f"with homomorphic encryption the server never sees even the aggregate in the clear, so strategy "
-            f"{strategy_name!r} cannot post-process it; use one of {sorted(WEIGHTED_MEAN_STRATEGIES)}."
+            f"with {what} the server aggregates one mean update per round, which strategy {name!r} cannot use; "
+            "choose a strategy that aggregates by a weighted mean (fedavg, fedprox, fedavgm, fedadam, ...)."
         )
-    for codec in codec_names:
-        if hidden and codec in SPARSIFYING_CODECS:
-            problems.append(
-                f"codec {codec!r} keeps different coordinates at each party, so a {hidden} sum over them is "
-                "meaningless (and masking or encryption would make the update dense again)."
-            )
-    problems.extend(_dp_problems(config, strategy_name, strategy_buffers_updates, hidden))
+    if hidden is not None:
+        problems.extend(_codec_problems(hidden, codecs, config))
+    problems.extend(_dp_problems(config, hidden))
+    if config.sample_dp is not None and training_mode is not None and not training_mode.per_example_gradients:
+        problems.append(
+            f"sample-level DP-SGD needs Opacus's per-example gradients of the trainable layers, which training "
+            f"mode {training_mode.registered_name!r} does not provide; use training.mode 'lora'."
+        )
     return problems
 
 
-def _hiding_mechanism(config: PrivacyConfig) -> str | None:
-    if config.secure_aggregation is not None:
-        return "secure aggregation"
-    if config.homomorphic_encryption is not None:
-        return "homomorphic encryption"
-    return None
+def _codec_problems(hidden: MechanismTraits, codecs: list[type[Codec]], config: PrivacyConfig) -> list[str]:
+    """Under a hiding mechanism the update travels as its masked or encrypted vector, not through the codecs,
+    except that an exact ring can take its precision from one integer quantiser."""
+    problems = []
+    for codec in codecs:
+        if codec.sparsifies:
+            problems.append(
+                f"codec {codec.registered_name!r} keeps different coordinates at each party, so a sum over them "
+                f"under {hidden.title} is meaningless (and masking or encryption would make it dense again)."
+            )
+    rest = [c for c in codecs if not c.sparsifies]
+    integer = [c for c in rest if c.integer_bits is not None]
+    if hidden.exact_on_integer_codes and len(rest) == 1 and integer:
+        dp = config.client_dp
+        if dp is not None and dp.mode == "distributed":
+            problems.append(
+                f"codec {integer[0].registered_name!r} would round each party's noised share to "
+                f"{integer[0].integer_bits} bits before the secure sum, which the Gaussian accounting does not "
+                "cover; remove the uplink codec with distributed client DP."
+            )
+        return problems
+    if rest:
+        allowed = " (one integer quantiser, int8 or int4, sets the ring's precision)"
+        problems.append(
+            f"with {hidden.title} a party sends its update as a masked or encrypted vector instead of through "
+            f"communication.uplink ({', '.join(c.registered_name for c in rest)}); remove the uplink codecs"
+            f"{allowed if hidden.exact_on_integer_codes else ''}."
+        )
+    return problems
 
 
-def _dp_problems(config: PrivacyConfig, strategy: str, buffers: bool, hidden: str | None) -> list[str]:
+def _dp_problems(config: PrivacyConfig, hidden: MechanismTraits | None) -> list[str]:
     dp = config.client_dp
     if dp is None:
         return []
     problems = []
-    if dp.mode == "central" and hidden:
+    if dp.mode == "central" and hidden is not None:
         problems.append(
-            f"central client-level DP has the server add noise to the exact sum, which {hidden} is meant to "
-            "hide from it; set client_dp.mode to 'distributed'."
+            f"central client-level DP has the server add noise to the exact sum, which {hidden.title} is meant "
+            "to hide from it; set client_dp.mode to 'distributed'."
         )
-    if dp.mode == "distributed" and not hidden:
+    if dp.mode == "distributed" and hidden is None:
         problems.append(
             "distributed DP noise without secure aggregation or homomorphic encryption leaves each update "
             "visible to the server with only 1/√n of the noise; use client_dp.mode 'central' or hide updates."
         )
-    if buffers or strategy in NONLINEAR_STRATEGIES:
+    if dp.adaptive_clipping is not None and hidden is not None and not hidden.carries_clip_count:
         problems.append(
-            f"client-level DP calibrates its noise to a sum of clipped updates, but strategy {strategy!r} "
-            "does not aggregate by a sum."
-        )
-    if dp.adaptive_clipping is not None and config.homomorphic_encryption is not None:
-        problems.append(
-            "adaptive clipping needs the server to read the noised count of unclipped updates, which "
-            "homomorphic encryption hides; use a fixed clip_norm."
-        )
-    return problems
-
-
-#: Strategies whose server step is a function of the weighted mean of the updates only, so the round loop can
-#: hand them one mean computed from a secure sum, a decrypted CKKS aggregate, or a DP-noised sum.
-MEAN_DELTA_STRATEGIES = frozenset(
-    {"fedavg", "fedprox", "fedavgm", "fedit", "ffa_lora", "fedadam", "fedyogi", "fedadagrad"}
-)
-#: Training modes whose trainable layers Opacus computes per-example gradients for in its ``hooks`` mode.
-SAMPLE_DP_MODES = frozenset({"lora"})
-
-
-def unsupported_in_rounds(
-    strategy_name: str, codec_names: list[str], privacy: dict[str, Any] | PrivacyConfig, training_mode: str
-) -> list[str]:
-    """What the round loop does not support with these mechanisms (as opposed to what cannot work at all).
-
-    The loop gives the strategy one aggregated update per round when updates are hidden or client DP is on, so
-    the strategy must depend on the mean update only; it sends the masked or encrypted vector in place of the
-    codec-encoded update.
-    """
-    config = privacy if isinstance(privacy, PrivacyConfig) else PrivacyConfig.model_validate(privacy)
-    hidden = _hiding_mechanism(config)
-    problems: list[str] = []
-    if (hidden or config.client_dp is not None) and strategy_name not in MEAN_DELTA_STRATEGIES:
-        what = hidden or "client-level DP"
-        problems.append(
-            f"with {what} the server aggregates one mean update per round, which strategy {strategy_name!r} "
-            f"cannot use; choose one of {sorted(MEAN_DELTA_STRATEGIES)}."
-        )
-    if hidden and codec_names:
-        problems.append(
-            f"with {hidden} a party sends its update as a masked or encrypted vector instead of through "
-            f"communication.uplink ({', '.join(codec_names)}); remove the uplink codecs."
-        )
-    if config.sample_dp is not None and training_mode not in SAMPLE_DP_MODES:
-        problems.append(
-            f"sample-level DP-SGD is wired for training.mode {sorted(SAMPLE_DP_MODES)} (Opacus per-example "
-            f"gradients of LoRA layers), not {training_mode!r}."
+            f"adaptive clipping rides its count inside the hidden sum, which {hidden.title} does not carry yet; "
+            "use a fixed clip_norm."
         )
     return problems

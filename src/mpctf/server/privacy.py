@@ -285,8 +285,9 @@ class ServerPrivacy:
         from mpctf.privacy.secagg import SecAggServer, wire
 
         assert self.secagg is not None and self._round is not None
-        self._round.secagg = server = SecAggServer(self.secagg, round_num)
-        ring = self.secagg.model_dump()
+        params = self._ring(len(selected))
+        self._round.secagg = server = SecAggServer(params, round_num)
+        ring = params.model_dump()
         advertise = {p: rounds.request(rounds.SECAGG_ADVERTISE, round_num, secagg=ring) for p in selected}
         ads = self._exchange(backend, advertise)
         roster = wire.dumps(
@@ -296,6 +297,16 @@ class ServerPrivacy:
         shares = self._exchange(backend, share)
         inboxes = server.route_shares([self._message(r, rounds.SECAGG_SHARE) for r in shares.values()])
         return {p: base64.b64encode(wire.dumps(box)).decode() for p, box in inboxes.items()}
+
+    def _ring(self, num_parties: int) -> Any:
+        """The round's SecAgg ring: as configured, or set by the uplink's integer quantiser (``privacy.compat``
+        allows one, alone)."""
+        from mpctf.comm import CODECS
+
+        assert self.secagg is not None
+        bits = [CODECS.get(s.name).integer_bits for s in self.config.communication.uplink]
+        code_bits = next((b for b in bits if b is not None), None)
+        return self.secagg if code_bits is None else self.secagg.for_integer_codes(code_bits, num_parties)
 
     @staticmethod
     def _message(reply: PartyReply, op: str) -> dict[str, Any]:

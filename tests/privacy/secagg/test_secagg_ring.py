@@ -30,11 +30,14 @@ def test_ring_add_sub_wrap():
     assert ring.ring_sub(torch.tensor([3]), torch.tensor([10]), 8).item() == 249
 
 
-@pytest.mark.parametrize("bits", [16, 32, 48])
-def test_wire_roundtrip(bits):
-    values = torch.tensor([0, 1, (1 << bits) - 1, 1 << (bits - 1), 12345])
+@pytest.mark.parametrize(
+    ("bits", "dtype"),
+    [(8, torch.int8), (11, torch.int16), (16, torch.int16), (32, torch.int32), (48, torch.int64)],
+)
+def test_wire_roundtrip_in_the_narrowest_dtype(bits, dtype):
+    values = torch.tensor([0, 1, (1 << bits) - 1, 1 << (bits - 1), 123 % (1 << bits)])
     wire = ring.to_wire(values, bits)
-    assert wire.dtype == (torch.int32 if bits <= 32 else torch.int64)
+    assert wire.dtype == dtype
     assert torch.equal(ring.from_wire(wire, bits), values)
 
 
@@ -65,3 +68,11 @@ def test_decoded_sum_within_rounding_bound(values):
     decoded = ring.decode(total, layout, params)["w"].double()
     expected = torch.tensor(values, dtype=torch.float64).sum(0)
     assert (decoded - expected).abs().max() <= len(values) * 0.5 / params.scale + 1e-6
+
+
+def test_integer_code_ring_has_one_public_scale_and_room_for_the_sum():
+    params = SecAggParams(clip_range=0.5).for_integer_codes(8, 5)
+    assert params.scale == 127 / 0.5 and params.bits == 8 + 3 + 1 and params.stochastic_rounding
+    encoded, layout, _ = ring.encode({"w": torch.full((4000,), 0.3 / 254)}, params)  # 0.3 of a code
+    assert set(encoded.tolist()) == {0, 1} and abs(encoded.float().mean().item() - 0.3) < 0.03  # unbiased
+    ring.check_headroom(layout, params, 5)

@@ -80,6 +80,8 @@ def lora_peft_config(lora: LoraConfig) -> Any:
 class LoraMode(AdapterMode):
     """LoRA (Hu et al., 2021): ``W x + (alpha / r) · B A x`` with trained ``A`` (r×in) and ``B`` (out×r)."""
 
+    per_example_gradients = True
+
     sections = ("lora",)
 
     def peft_config(self) -> Any:

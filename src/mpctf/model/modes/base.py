@@ -59,6 +59,8 @@ class TrainingMode(ABC):
     registered_name: ClassVar[str]
     #: The ``training`` config sections this mode reads.
     sections: ClassVar[tuple[str, ...]] = ()
+    #: True when Opacus computes per-example gradients of this mode's trainable layers (sample-level DP-SGD).
+    per_example_gradients: ClassVar[bool] = False
 
     def __init__(self, config: TrainingConfig, model: ModelConfig) -> None:
         self.config = config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -10,7 +12,7 @@ class SecAggParams(BaseModel):
 
     Floats are clamped to ``[-clip_range, clip_range]``, scaled by ``scale`` and rounded into ``Z_2^bits``;
     the sum of ``n`` parties must fit, so ``n · clip_range · scale < 2^(bits-1)`` is checked before masking.
-    Masked vectors travel as int32 when ``bits <= 32`` (4 bytes a value, like float32), else as int64.
+    Masked vectors travel in the narrowest of int8, int16, int32 and int64 that holds ``bits``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,6 +24,8 @@ class SecAggParams(BaseModel):
     bits: int = Field(32, ge=8, le=62)
     scale: float = Field(2.0**20, gt=0)
     clip_range: float = Field(1.0, gt=0)
+    #: Round floats up or down at random, in proportion to the remainder: unbiased codes at a coarse ``scale``.
+    stochastic_rounding: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> SecAggParams:
@@ -41,3 +45,18 @@ class SecAggParams(BaseModel):
     def threshold_for(self, holders: int) -> int:
         """Shares needed among ``holders`` holders of one secret."""
         return self.threshold if self.threshold is not None else holders // 2 + 1
+
+    def for_integer_codes(self, code_bits: int, num_parties: int) -> SecAggParams:
+        """The ring an integer quantiser of ``code_bits`` bits asks for: codes in ``[−(2^(b−1)−1), 2^(b−1)−1]``
+        with one public scale ``(2^(b−1)−1) / clip_range`` for every party (so their sum is exact), stochastic
+        rounding (so it is unbiased), and just enough extra bits that a sum of ``num_parties`` cannot overflow."""
+        if code_bits < 2 or num_parties < 1:
+            raise ValueError(f"need code_bits >= 2 and num_parties >= 1, got {code_bits} and {num_parties}")
+        headroom = math.ceil(math.log2(num_parties)) + 1
+        return self.model_copy(
+            update={
+                "scale": (2 ** (code_bits - 1) - 1) / self.clip_range,
+                "bits": max(8, code_bits + headroom),
+                "stochastic_rounding": True,
+            }
+        )

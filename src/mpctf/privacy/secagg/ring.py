@@ -60,7 +60,11 @@ def encode(tensors: NamedTensors, params: SecAggParams) -> tuple[torch.Tensor, T
         piece = flat[start:stop]
         if layout.is_floating(index):
             clamped += int((piece.abs() > params.clip_range).sum())
-            piece = torch.round(piece.clamp(-params.clip_range, params.clip_range) * params.scale)
+            scaled = piece.clamp(-params.clip_range, params.clip_range) * params.scale
+            if params.stochastic_rounding:
+                piece = torch.floor(scaled + torch.rand(scaled.shape, dtype=scaled.dtype))
+            else:
+                piece = torch.round(scaled)
         ring[start:stop] = piece.to(torch.int64)
     return ring & modulus_mask(params.bits), layout, clamped
 
@@ -76,10 +80,11 @@ def decode(ring_sum: torch.Tensor, layout: TensorLayout, params: SecAggParams) -
 
 
 def to_wire(ring: torch.Tensor, bits: int) -> torch.Tensor:
-    """Narrowest signed dtype holding ``bits``-bit ring values (int32 for ``bits <= 32``), reinterpreted."""
-    if bits > 32:
-        return ring
-    return torch.where(ring >= 1 << 31, ring - (1 << 32), ring).to(torch.int32)
+    """Narrowest signed dtype holding ``bits``-bit ring values (int8, int16, int32 or int64), reinterpreted."""
+    for dtype, width in ((torch.int8, 8), (torch.int16, 16), (torch.int32, 32)):
+        if bits <= width:
+            return torch.where(ring >= 1 << (width - 1), ring - (1 << width), ring).to(dtype)
+    return ring
 
 
 def from_wire(tensor: torch.Tensor, bits: int) -> torch.Tensor:
