@@ -150,3 +150,22 @@ def test_central_noise_has_std_sigma_c_over_m(tmp_path):
         residuals.append(torch.cat([(result[k] - mean[k]).flatten() for k in result]))
     std = float(torch.cat(residuals).std())
     assert std == pytest.approx(sigma * clip / len(NAMES), rel=0.12)
+
+
+def test_the_report_states_the_guarantee_from_what_the_run_recorded(tmp_path):
+    from mpctf.report.guarantee import guarantee_lines
+
+    privacy = {"client_dp": {**DP, "mode": "distributed"}, "secure_aggregation": {}}
+    fed = Federation(tmp_path, privacy, federation={"parties_per_round": 2})
+    server = server_for(fed)
+    setup = {"event": "privacy", **server.setup(fed.backend)}
+    fed.round(server, 1, selected=["alice", "bob"], reachable=3)
+    rounds = [{"round": 1, **server.last_metrics}]
+    text = " ".join(guarantee_lines(setup, rounds, []))
+    eps, known = server.last_metrics["dp_epsilon"], server.last_metrics["dp_epsilon_known_selection"]
+    assert f"party-level (ε = {eps:.3g}, δ = 1e-05) after 1 rounds" in text
+    assert "selection stays secret" in text and "honest-but-curious server" in text and f"{known:.3g}" in text
+    plain = " ".join(guarantee_lines({"mechanism": "secure aggregation"}, [], []))
+    assert "no differential privacy" in plain
+    clamped = guarantee_lines(setup, rounds, [{"secagg_clamped": 3.0}])
+    assert any(line.startswith("Warning: some values were clamped") for line in clamped)

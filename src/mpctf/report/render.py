@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpctf.report.guarantee import guarantee_lines
 from mpctf.report.metrics import Record, read_metrics, score_cell
 
 
@@ -99,7 +100,7 @@ def _privacy_section(records: list[Record], rounds: list[Record], parties: list[
     stop = next((r for r in records if r["event"] == "privacy_stop"), None)
     if stop is not None:
         lines += [f"Training stopped before round {stop['round']}: {stop['reason']}.", ""]
-    return lines
+    return lines[:2] + guarantee_lines(setup, rounds, parties) + lines[2:]
 
 
 def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
