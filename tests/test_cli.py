@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -73,3 +74,112 @@ def test_plan_json_lists_every_party(tmp_path: Path) -> None:
     assert {"chunk_samples", "micro_batch", "grad_accum", "rounds_per_epoch", "est_peak_bytes"} <= set(
         plans["bob"]
     )
+
+
+def _one_error(result, code: int) -> str:
+    """The single `error:` line of a failed command (and nothing else on the output)."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError)
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mpctf {version('mpctf')}"
+
+
+def test_every_argument_and_option_has_help() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            assert (getattr(param, "help", None) or "").strip(), f"{name} {param.name}"
+        shown = runner.invoke(app, [name, "--help"]).output
+        for param in command.params:
+            assert " ".join(param.help.split())[:20] in " ".join(shown.replace("│", " ").split()), (
+                name,
+                param,
+            )
+
+
+def test_usage_errors_are_one_line() -> None:
+    line = _one_error(runner.invoke(app, ["validate"]), 2)
+    assert "Missing argument 'CONFIG'" in line and "validate --help`" in line
+    _one_error(
+        runner.invoke(app, ["certs", "c", "--server-host", "h", "--party", "a", "--valid-days", "x"]), 2
+    )
+    _one_error(runner.invoke(app, ["nosuchcommand"]), 2)
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    assert _one_error(runner.invoke(app, ["validate", str(path)]), 2) == (
+        f"error: {path}:1: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    )
+
+
+def test_user_text_is_never_read_as_markup(tmp_path: Path) -> None:
+    path = tmp_path / "[bold]c[/] :smile:.yaml"
+    assert (
+        _one_error(runner.invoke(app, ["validate", str(path)]), 2) == f"error: config file not found: {path}"
+    )
+
+
+def test_certs_refuses_to_replace_a_ca_without_force(tmp_path: Path) -> None:
+    args = ["certs", str(tmp_path / "c"), "--server-host", "127.0.0.1", "--party", "alice"]
+    assert runner.invoke(app, args).exit_code == 0
+    ca_key = (tmp_path / "c/ca.key").read_bytes()
+    assert "already holds a CA (ca.key)" in _one_error(runner.invoke(app, args), 2)
+    assert (tmp_path / "c/ca.key").read_bytes() == ca_key
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert (tmp_path / "c/ca.key").read_bytes() != ca_key
+
+
+@pytest.mark.parametrize(
+    ("extra", "out", "code", "message"),
+    [
+        (["--valid-days", "-5"], "c", 2, "valid days must be between 1 and 36500, got -5"),
+        (["--party", "../evil"], "c", 2, "party name '../evil' is not file-name-safe"),
+        ([], "file/c", 2, "is a file, not a folder"),
+        ([], "file", 2, "is a file, not a folder"),
+    ],
+)
+def test_certs_bad_arguments_are_one_line(tmp_path: Path, extra, out, code, message) -> None:
+    (tmp_path / "file").write_text("x")
+    args = ["certs", str(tmp_path / out), "--server-host", "127.0.0.1", "--party", "alice", *extra]
+    assert message in _one_error(runner.invoke(app, args), code)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be made")
+def test_certs_in_an_impossible_folder_is_a_storage_error() -> None:
+    args = ["certs", "/proc/mpctf-certs", "--server-host", "127.0.0.1", "--party", "alice"]
+    assert "cannot write credentials" in _one_error(runner.invoke(app, args), 8)
+
+
+def test_report_of_metrics_that_are_not_json(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text("<html>not metrics</html>\n")
+    line = _one_error(runner.invoke(app, ["report", str(tmp_path)]), 3)
+    assert line.startswith(f"error: {tmp_path / 'metrics.jsonl'}:1: not valid JSON")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_of_a_missing_dir_or_a_file(tmp_path: Path) -> None:
+    assert "not found" in _one_error(runner.invoke(app, ["report", str(tmp_path / "nope")]), 2)
+    (tmp_path / "f").write_text("x")
+    assert "(a file)" in _one_error(runner.invoke(app, ["report", str(tmp_path / "f")]), 2)
+
+
+def test_output_dir_or_run_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    cfg = _write(tmp_path, tiny_config_dict(tmp_path, output_dir=str(tmp_path / "f")))
+    line = _one_error(runner.invoke(app, ["validate", str(cfg)]), 2)
+    assert line == f"error: config key `output_dir`: {tmp_path / 'f'} is a file, not a folder"
+    cfg = _write(tmp_path, tiny_config_dict(tmp_path))
+    line = _one_error(runner.invoke(app, ["launch", str(cfg), "--run-dir", str(tmp_path / "f" / "run")]), 2)
+    assert line == f"error: --run-dir: {tmp_path / 'f'} is a file, not a folder"

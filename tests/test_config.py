@@ -83,7 +83,98 @@ def test_broken_yaml_one_line(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("a: [1, 2\n")
     (line,) = _errors(path)
-    assert "not valid YAML at line" in line
+    assert line.startswith(f"{path}:2:1: not valid YAML: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("name: t\nseed: 1\nseed: 2\n", "seed", 3),
+        ("federation:\n  rounds: 3\n  strategy: {name: fedavg}\n  rounds: 4\n", "rounds", 4),
+        ("task: {labels: {a: x, a: y}}\n", "a", 1),
+    ],
+    ids=["top-level", "nested-section", "flow-mapping"],
+)
+def test_a_key_written_twice_is_an_error_naming_key_and_line(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    (message,) = _errors(path)
+    assert message.startswith(f"{path}:{line}:") and f"key `{key}` appears twice" in message
+
+
+def test_a_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "training"}, sort_keys=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "training: {<<: {batch_size: 4, lr: 0.01}, lr: 0.02}\n")
+    assert load_config(path).training.lr == 0.02
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "n", "Yes", "NO", "On", "OFF", "Y", "N"])
+@pytest.mark.parametrize("key", ["federation:\n  rounds", "name", "data:\n  eval:\n    before_training"])
+def test_yaml_1_1_booleans_are_refused_unquoted(tmp_path: Path, word: str, key: str) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    section = key.split(":")[0]
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != section}, sort_keys=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{text}{key}: {word}\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:{text.count(chr(10)) + key.count(chr(10)) + 1}:")
+    assert f"`{word}` is ambiguous" in line and "true or false" in line
+
+
+def test_quoted_yaml_1_1_words_are_text_and_true_false_are_booleans(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"data.eval": {"before_training": False}})
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "task"}, sort_keys=False)
+    assert "before_training: false" in text
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        text
+        + "task:\n  prompt: '{text}'\n  label_field: category\n  labels: {fresh: 'yes', rotten: \"no\"}\n"
+    )
+    loaded = load_config(path)
+    assert (
+        loaded.task.labels == {"fresh": "yes", "rotten": "no"} and loaded.data.eval.before_training is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"federation.rounds": True}, "federation.rounds"),
+        ({"training.lr": True}, "training.lr"),
+        ({"seed": False}, "seed"),
+        ({"federation.strategy": {"name": "fedprox", "mu": True}}, "federation.strategy.mu"),
+    ],
+)
+def test_a_boolean_where_a_number_is_expected_is_an_error(tmp_path: Path, override, key) -> None:
+    (line,) = _errors(tiny_config_dict(tmp_path, **override))
+    assert line.startswith(f"config key `{key}`: expected ") and "got the boolean" in line
+
+
+def test_a_config_that_is_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: t\nseed: 0\ntask: {prompt: 'caf\xe9 {text}'}\n")
+    (line,) = _errors(path)
+    assert line == f"{path}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
+def test_control_characters_and_folders_are_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\x00\n")
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:1: not valid YAML: special characters are not allowed")
+    (line,) = _errors(tmp_path)
+    assert line == f"config file not found: {tmp_path} (a folder)"
+
+
+def test_dumped_config_quotes_ambiguous_words_and_reloads(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path, **{"task.labels": {"y": "yes", "n": "off"}, "name": "on"})
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(load_config(cfg)))
+    assert load_config(path).task.labels == {"y": "yes", "n": "off"}
 
 
 def test_shipped_examples_validate() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mpctf.errors import FederationError
 from mpctf.report.metrics import read_metrics
 from support import tiny_config_dict
 
@@ -60,13 +61,35 @@ def test_open_server_off_loopback_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2 and "need TLS and party keys" in done.stderr
 
 
+def _party_args(config: Path, name: str, port: int, certs: Path, key: str, work_dir: Path) -> list[str]:
+    return [
+        "party",
+        str(config),
+        "--name",
+        name,
+        "--server",
+        f"127.0.0.1:{port}",
+        "--root-cert",
+        str(certs / "ca.crt"),
+        "--auth-key",
+        str(certs / "parties" / key),
+        "--work-dir",
+        str(work_dir),
+    ]
+
+
 def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
+    """Alice and bob train one round; a third `mpctf party` with a key the server never registered is refused.
+
+    The config names only alice and bob, so `mpctf server --certs` registers their keys and not carol's.
+    """
     cfg = tiny_config_dict(tmp_path, **{"federation.rounds": 1, "federation.min_parties": 2})
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump(cfg))
     certs = tmp_path / "certs"
+    keys = ["--party", "alice", "--party", "bob", "--party", "carol"]
     subprocess.run(
-        [*MPCTF, "certs", str(certs), "--server-host", "127.0.0.1", "--party", "alice", "--party", "bob"],
+        [*MPCTF, "certs", str(certs), "--server-host", "127.0.0.1", *keys],
         check=True,
         capture_output=True,
     )
@@ -88,35 +111,24 @@ def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
         tmp_path / "server.out",
     )
     parties = [
-        _start(
-            [
-                "party",
-                str(config),
-                "--name",
-                name,
-                "--server",
-                f"127.0.0.1:{port}",
-                "--root-cert",
-                str(certs / "ca.crt"),
-                "--auth-key",
-                str(certs / "parties" / name),
-                "--work-dir",
-                str(tmp_path / name),
-            ],
-            tmp_path / f"{name}.out",
-        )
+        _start(_party_args(config, name, port, certs, name, tmp_path / name), tmp_path / f"{name}.out")
         for name in ("alice", "bob")
     ]
+    unregistered = _start(
+        [*_party_args(config, "bob", port, certs, "carol", tmp_path / "carol"), "--server-wait", "20"],
+        tmp_path / "carol.out",
+    )
     try:
         assert _tls_handshake(port, certs / "ca.crt"), (
             "the SuperLink did not serve TLS with the federation's CA"
         )
         code = server.wait(timeout=400)
+        refused_code = unregistered.wait(timeout=120)
     finally:
-        for proc in [server, *parties]:
+        for proc in [server, *parties, unregistered]:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in parties:
+        for proc in [*parties, unregistered]:
             proc.wait(timeout=60)
     assert code == 0, (tmp_path / "server.out").read_text()[-2000:]
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -125,3 +137,13 @@ def test_server_and_parties_started_apart_over_tls(tmp_path: Path) -> None:
         "alice",
         "bob",
     }
+    # The party with the unregistered key says why it ends, in one line, and exits with the federation code.
+    said = (tmp_path / "carol.out").read_text()
+    assert f"party 'bob': waiting for the server at 127.0.0.1:{port} (giving up after 20 s)" in said, said
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == said.rstrip("\n").splitlines()[-1], said
+    assert errors[0].startswith(
+        f"error: party 'bob': the server at 127.0.0.1:{port} refused this party's key"
+    ), said
+    assert errors[0].endswith("(not registered there, or in use by another SuperNode)"), said
+    assert refused_code == FederationError.exit_code == 5

@@ -9,28 +9,105 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperGroup
 
-from mpctf.errors import EXIT_CODES, Interrupted, MpctfError
+from mpctf.errors import EXIT_CODES, ConfigError, Interrupted, MpctfError, StorageError
+
+
+def _keep_argument_help() -> None:
+    """Typer sets an argument's help before calling click's ``Parameter.__init__``, which newer click versions
+    reset to None: ``--help`` then shows no text for CONFIG, RUN_DIR or OUT_DIR. Set it again afterwards."""
+    if TyperArgument(param_decls=["probe"], help="probe").help == "probe":
+        return
+    init = TyperArgument.__init__
+
+    def __init__(self: TyperArgument, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        init(self, *args, help=help, **kwargs)
+        self.help = help
+
+    TyperArgument.__init__ = __init__  # type: ignore[method-assign]
+
+
+_keep_argument_help()
+
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)
+
+
+def _print_error(message: str) -> None:
+    """One ``error:`` line per line of ``message``; user text is printed as is, never read as markup."""
+    for line in message.split("\n"):
+        if line.strip():
+            err.print(f"[red]error:[/red] {escape(_visible(line))}", markup=True, soft_wrap=True)
+
+
+def _visible(text: str) -> str:
+    """``text`` with control characters and line separators (U+0085, U+2028...) written as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a missing argument, an option's bad value) as one ``error:`` line and exit code 2, like
+    every other expected failure, instead of click's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _print_error(exc.format_message().replace("\n", " ") + hint)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _print_error(exc.format_message().replace("\n", " "))
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _print_error("interrupted")
+            sys.exit(Interrupted.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"mpctf {version('mpctf')}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="MPCTF: multi-party collaborative training of large language models.\n\nExit codes: "
     + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()),
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """MPCTF: multi-party collaborative training of large language models."""
+
 
 ConfigArg = Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)]
 
 
 def _fail(exc: MpctfError) -> None:
-    for line in str(exc).splitlines() or [type(exc).__name__]:
-        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+    _print_error(str(exc) or type(exc).__name__)
     raise typer.Exit(exc.exit_code)
 
 
@@ -43,6 +120,11 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except MpctfError as exc:
             _fail(exc)
+        except OSError as exc:
+            if exc.filename is None:  # a socket or a process, not a file: a bug, shown with its traceback
+                raise
+            # A folder or file the command could not create, read or write.
+            _fail(StorageError(f"{exc.filename}: {exc.strerror or exc}"))
         except KeyboardInterrupt:
             _fail(
                 Interrupted("interrupted; processes stopped, completed rounds are kept in the run directory")
@@ -58,6 +140,7 @@ def validate(config: ConfigArg) -> None:
     from mpctf.config import load_config
 
     cfg = load_config(config)
+    check_run_dir(cfg, None)
     out.print(
         f"{config}: valid ({len(cfg.parties)} parties, {cfg.federation.rounds} rounds, "
         f"strategy {cfg.federation.strategy.name}, backend {cfg.backend.name})"
@@ -79,6 +162,16 @@ def plan(
         out.print_json(json.dumps({name: vars(p) for name, p in plans.items()}))
         return
     out.print(plan_table(list(plans.values())))
+
+
+def check_run_dir(config: Any, run_dir: Path | None) -> None:
+    """``ConfigError`` when the run directory (``--run-dir``, else under ``output_dir``) cannot be a folder."""
+    where, path = (
+        ("--run-dir", run_dir) if run_dir is not None else ("config key `output_dir`", config.output_dir)
+    )
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{where}: {blocker} is a file, not a folder")
 
 
 def plan_table(plans: list[Any]) -> Table:
@@ -135,6 +228,7 @@ def launch(
         cfg, target = load_config(resume / "config.yaml"), resume
     elif config is not None:
         cfg, target = load_config(config), run_dir
+        check_run_dir(cfg, run_dir)
     else:
         raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
     try:
@@ -189,6 +283,7 @@ def server(
             f"--host {host}: parties on other hosts need TLS and party keys; pass --certs DIR (from `mpctf certs`), "
             "or --insecure on a trusted network"
         )
+    check_run_dir(cfg, run_dir)
     target = run_dir or new_run_dir(cfg)
     keys = _party_keys(certs_dir, cfg.party_names)
     with ProgressView(cfg.federation.rounds, err) as view:
@@ -250,6 +345,12 @@ def party(
         Path | None, typer.Option(help="This party's private key from `mpctf certs` (parties/NAME).")
     ] = None,
     work_dir: Annotated[Path, typer.Option(help="Where this party keeps its logs.")] = Path("mpctf-party"),
+    server_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for the server to answer, and (60 at most) for it to accept this party's key."
+        ),
+    ] = 600.0,
 ) -> None:
     """Start one party (its model worker and SuperNode) and serve the federation until it ends."""
     from mpctf.config import load_config
@@ -266,6 +367,8 @@ def party(
         superlink=server_address,
         root_cert=root_cert,
         auth_key=auth_key,
+        server_wait_s=server_wait,
+        say=lambda line: err.print(line, highlight=False, markup=False),
     )
 
 
@@ -273,18 +376,28 @@ def party(
 @friendly
 def certs(
     out_dir: Annotated[
-        Path, typer.Argument(help="Folder to write the CA, server and party credentials into.")
+        Path,
+        typer.Argument(help="Folder to write the CA, server and party credentials into.", show_default=False),
     ],
     server_host: Annotated[
         list[str], typer.Option("--server-host", help="IP or DNS name the parties use to reach the server.")
     ],
     party: Annotated[list[str], typer.Option("--party", help="A party name (repeat for each party).")],
-    valid_days: Annotated[int, typer.Option(help="Validity of every certificate.")] = 365,
+    valid_days: Annotated[
+        int, typer.Option(help="Validity of every certificate, in days (1 to 36500).")
+    ] = 365,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a CA already in OUT_DIR: every certificate and key it signed stops working.",
+        ),
+    ] = False,
 ) -> None:
     """Create a CA, a TLS server certificate and one authentication key pair per party."""
     from mpctf.launch.certs import create_certificates
 
-    made = create_certificates(out_dir, server_host, party, valid_days=valid_days)
+    made = create_certificates(out_dir, server_host, party, valid_days=valid_days, replace=force)
     out.print(
         f"CA {made.ca_cert}; server certificate for {', '.join(server_host)}; keys for {', '.join(party)}"
     )
@@ -295,12 +408,13 @@ def certs(
 @friendly
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]) -> None:
     """Re-render a run's report.md and plots from its metrics."""
-    from mpctf.errors import ConfigError
     from mpctf.report.render import render_report
 
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run directory ({'a file' if run_dir.exists() else 'not found'})")
     if not (run_dir / "metrics.jsonl").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no metrics.jsonl)")
-    out.print(f"wrote {render_report(run_dir)}")
+    out.print(f"wrote {render_report(run_dir, strict=True)}")
 
 
 def main() -> None:

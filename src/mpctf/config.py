@@ -9,15 +9,15 @@ params against that class's own ``Params`` model.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpctf.errors import ConfigError
 from mpctf.privacy.config import PrivacyConfig
+from mpctf.strict_yaml import dump_yaml, load_yaml
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PartyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -494,21 +494,19 @@ def load_config(source: str | Path | dict[str, Any], *, party: str | None = None
         raw, base = source, Path.cwd()
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raw = load_yaml(path)
         base = path.resolve().parent
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(err) for err in exc.errors())) from None
+        problems = [_describe(err) for err in exc.errors()]
+        failed = {tuple(err["loc"]) for err in exc.errors()}
+        raise ConfigError("\n".join(problems + _bools_misused(RunConfig, raw, skip=failed))) from None
+    misused = _bools_misused(RunConfig, raw) + _plugin_bools_misused(config)
+    if misused:
+        raise ConfigError("\n".join(misused))
     config = _resolve_paths(config, base)
     problems = _check_plugins(config) + _check_paths(config, party)
     if not problems:
@@ -516,6 +514,68 @@ def load_config(source: str | Path | dict[str, Any], *, party: str | None = None
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+def _bools_as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return {k: _bools_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bools_as_text(v) for v in value]
+    return value
+
+
+def _at(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """The raw value at a pydantic error location, and that location without pydantic's union-member tags."""
+    path: list[Any] = []
+    for part in loc:
+        if (isinstance(raw, dict) and part in raw) or (isinstance(raw, list) and isinstance(part, int)):
+            if isinstance(raw, list) and not -len(raw) <= part < len(raw):
+                return None, loc
+            raw = raw[part]
+            path.append(part)
+    return raw, tuple(path)
+
+
+def _bools_misused(
+    model: type[BaseModel], raw: Any, *, prefix: tuple[Any, ...] = (), skip: Collection[tuple[Any, ...]] = ()
+) -> list[str]:
+    """One line per boolean given where ``model`` wants a number (pydantic would read ``true`` as 1).
+
+    Validating again with every boolean spelled as text finds them: a yes/no field still accepts
+    ``"true"``, a number field no longer does."""
+    try:
+        model.model_validate(_bools_as_text(raw))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            value, loc = _at(raw, tuple(err["loc"]))
+            if isinstance(value, bool) and loc not in skip and tuple(err["loc"]) not in skip:
+                wanted = _WANTED.get(err["type"], "another type")
+                key = ".".join(map(str, prefix + loc))
+                problems.append(
+                    f"config key `{key}`: expected {wanted}, got the boolean {str(value).lower()}"
+                )
+        return list(dict.fromkeys(problems))
+    return []
+
+
+_WANTED = {
+    "int_parsing": "an integer",
+    "float_parsing": "a number",
+    "literal_error": "one of the listed values",
+}
+
+
+def _plugin_bools_misused(config: RunConfig) -> list[str]:
+    problems: list[str] = []
+    for registry, spec, key in _plugin_specs(config):
+        if spec.name in registry:
+            problems += _bools_misused(
+                registry.get(spec.name).Params, spec.params, prefix=tuple(key.split("."))
+            )
+    return problems
 
 
 def _describe(err: Any) -> str:
@@ -663,4 +723,4 @@ def _check_paths(config: RunConfig, party: str | None = None) -> list[str]:
 
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (what the run directory records)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(config.model_dump(mode="json"))

@@ -50,6 +50,12 @@ class UpdateRejected(MpctfError):
     exit_code = 7
 
 
+class StorageError(MpctfError):
+    """A file or folder cannot be read or written (permissions, a full disk, a file where a folder must be)."""
+
+    exit_code = 8
+
+
 class Interrupted(MpctfError):
     """The user stopped the run (Ctrl-C); everything was torn down, completed rounds are kept."""
 
@@ -65,5 +71,6 @@ EXIT_CODES: dict[int, str] = {
     FederationError.exit_code: "federation problem: too few parties answered, or a round timed out",
     LaunchError.exit_code: "launch problem: a server or party process failed to start or died",
     UpdateRejected.exit_code: "a party update was rejected",
+    StorageError.exit_code: "file system problem: a file or folder cannot be read or written (permissions, disk full)",
     Interrupted.exit_code: "interrupted by the user; processes were stopped, completed rounds are kept",
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,46 @@ def test_austen_novels_are_read_as_paragraphs() -> None:
     pride = [r["text"] for r in rows if r["book"] == "Pride & Prejudice"]
     assert any(t.startswith("It is a truth universally acknowledged, that a single man") for t in pride)
     assert all(r["text"] and "\n" not in r["text"] for r in rows)
+
+
+@pytest.mark.parametrize("separator", ["\u0085", "\u2028", "\u2029"])
+def test_jsonl_text_may_hold_characters_that_splitlines_breaks_at(tmp_path: Path, separator: str) -> None:
+    # JSON allows these unescaped inside strings (the C0 ones splitlines also breaks at must be escaped there);
+    # JSON Lines separates records with \n alone, and a \r before it is whitespace.
+    path = tmp_path / "d.jsonl"
+    text = f"one{separator}two"
+    path.write_bytes(
+        (json.dumps({"text": text}, ensure_ascii=False) + "\r\n" + '{"text": "b"}\n').encode("utf-8")
+    )
+    assert separator.encode() in path.read_bytes()
+    assert sources.read_file(path) == [{"text": text}, {"text": "b"}]
+
+
+def test_a_bad_jsonl_line_is_named_by_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a\u2028b"}\n\n{"text": \n')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: not valid JSON: "):
+        sources.read_file(path)
+
+
+def test_a_data_file_that_is_not_utf8_is_a_data_error_naming_file_and_line(tmp_path: Path) -> None:
+    for suffix in (".jsonl", ".csv"):
+        path = tmp_path / f"d{suffix}"
+        path.write_bytes(
+            b'text,label\n"ok",1\n"caf\xe9",0\n' if suffix == ".csv" else b'{"t": "a"}\n{"t": "\xff"}\n'
+        )
+        with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d: not UTF-8 text"):
+            sources.read_file(path)
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'\xef\xbb\xbftext,label\n"a\xe2\x80\xa8b",1\n')
+    assert sources.read_file(path) == [{"text": "a\u2028b", "label": "1"}]
+
+
+def test_a_csv_row_with_the_wrong_field_count_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\na,1\nb,1,extra\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: the row's field count differs"):
+        sources.read_file(path)

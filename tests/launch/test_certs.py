@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import stat
 from concurrent import futures
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
+from mpctf.errors import ConfigError, StorageError
 from mpctf.launch.certs import create_certificates
 
 
@@ -81,9 +83,45 @@ def test_tls_handshake_with_grpc(certs):
 
 
 @pytest.mark.parametrize(
-    ("hosts", "parties", "match"),
-    [([], ["a"], "server_hosts"), (["h"], ["a", "a"], "unique"), (["h"], ["../x"], "file-name-safe")],
+    ("hosts", "parties", "days", "match"),
+    [
+        ([], ["a"], 365, "no server host"),
+        (["h"], ["a", "a"], 365, "unique; repeated: a"),
+        (["h"], ["../x"], 365, "party name '../x' is not file-name-safe"),
+        (["h"], ["x" * 65], 365, "is not file-name-safe"),
+        (["h"], ["a"], -5, "valid days must be between 1 and 36500, got -5"),
+        (["h"], ["a"], 0, "got 0"),
+        (["h"], ["a"], 10**9, "got 1000000000"),
+        (["bad host"], ["a"], 365, "server host 'bad host' is neither"),
+        ([""], ["a"], 365, "server host '' is neither"),
+    ],
 )
-def test_bad_arguments(tmp_path, hosts, parties, match):
-    with pytest.raises(ValueError, match=match):
-        create_certificates(tmp_path, hosts, parties)
+def test_bad_arguments_are_config_errors_before_anything_is_written(tmp_path, hosts, parties, days, match):
+    with pytest.raises(ConfigError, match=match):
+        create_certificates(tmp_path / "out", hosts, parties, valid_days=days)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_ca_is_kept_unless_replace(tmp_path):
+    first = create_certificates(tmp_path, ["127.0.0.1"], ["alice"], replace=False)
+    before = first.ca_key.read_bytes()
+    with pytest.raises(ConfigError, match=r"already holds a CA .*pass --force to replace it"):
+        create_certificates(tmp_path, ["127.0.0.1"], ["alice"], replace=False)
+    assert first.ca_key.read_bytes() == before
+    assert create_certificates(tmp_path, ["127.0.0.1"], ["alice"]).ca_key.read_bytes() != before
+
+
+def test_an_output_folder_under_a_file_is_a_config_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for out in (tmp_path / "f", tmp_path / "f" / "certs"):
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'f'} is a file, not a folder"):
+            create_certificates(out, ["127.0.0.1"], ["alice"])
+
+
+def test_an_unwritable_folder_is_a_storage_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(StorageError, match=f"{tmp_path}: cannot write credentials: Permission denied"):
+        create_certificates(tmp_path, ["127.0.0.1"], ["alice"])

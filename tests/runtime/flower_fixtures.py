@@ -29,10 +29,16 @@ def make_sum_handler(party: str, crash_on_call: str = "0", delay_s: str = "0") -
 
 
 def record_rounds(backend: Backend, settings: dict[str, str]) -> None:
-    """Run ``rounds`` rounds (party i gets i+1 bytes of value r in round r), write every reply to ``out``."""
-    parties = backend.party_names()
-    replies = []
+    """Run ``rounds`` rounds (party i gets i+1 bytes of value r in round r), write every reply to ``out``.
+
+    Parties are looked up again before each round. Optional: ``round_1_done``, a file touched after round 1;
+    ``nodes_before_round_2``, how many online nodes (accepted or not) to wait for before round 2.
+    """
+    parties, replies = [], []
     for r in range(1, int(settings["rounds"]) + 1):
+        if r == 2 and "nodes_before_round_2" in settings:
+            _wait_for_nodes(backend, int(settings["nodes_before_round_2"]), float(settings["timeout_s"]))
+        parties = backend.party_names()
         tasks = {p: bytes([r]) * (i + 1) for i, p in enumerate(parties)}
         for reply in backend.train_round(tasks, float(settings["timeout_s"])):
             replies.append(
@@ -44,6 +50,16 @@ def record_rounds(backend: Backend, settings: dict[str, str]) -> None:
                     "payload": reply.payload.decode() if reply.payload is not None else None,
                 }
             )
+        if r == 1 and "round_1_done" in settings:
+            Path(settings["round_1_done"]).touch()
     Path(settings["out"]).write_text(json.dumps({"parties": parties, "replies": replies}))
     if settings.get("then_fail"):
         raise DataError(settings["then_fail"])
+
+
+def _wait_for_nodes(backend: Backend, nodes: int, timeout_s: float) -> None:
+    # Nodes the backend refuses never show in party_names(): count them on the Flower grid itself.
+    grid = backend._grid  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while len(grid.get_node_ids()) < nodes and time.monotonic() < deadline:
+        time.sleep(0.5)

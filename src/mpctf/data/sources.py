@@ -155,23 +155,58 @@ def read_file(path: Path) -> list[Row]:
     """Rows of a ``.csv`` (header line) or ``.jsonl`` (one object per line) file, values as strings."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
-        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
+        return _csv_rows(path, _utf8(path))
     if path.suffix in (".jsonl", ".json"):
-        rows: list[Row] = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: each line must be a JSON object")
-            rows.append({k: str(v) for k, v in obj.items()})
-        return rows
+        return [_json_row(path, n, line) for n, line in json_lines(_utf8(path))]
     raise DataError(f"{path}: unsupported data format {path.suffix!r}; use .csv or .jsonl")
+
+
+def json_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines of JSON Lines text with their 1-based numbers.
+
+    Records are separated by ``\n`` alone (a ``\r`` before it is whitespace to JSON): ``str.splitlines`` would
+    also split inside strings at characters JSON allows there unescaped, such as U+0085 or U+2028."""
+    return [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def _utf8(path: Path) -> str:
+    """The file's text (a leading byte-order mark dropped); ``DataError`` naming ``file:line`` if not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+
+
+def _csv_rows(path: Path, text: str) -> list[Row]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[Row] = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise DataError(
+                    f"{path}:{reader.line_num}: the row's field count differs from the header's "
+                    f"{len(reader.fieldnames or [])}"
+                )
+            rows.append(row)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+    return rows
+
+
+def _json_row(path: Path, n: int, line: str) -> Row:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{n}: each line must be a JSON object")
+    return {k: str(v) for k, v in obj.items()}
 
 
 def filter_rows(rows: list[Row], where: dict[str, list[str]], name: str) -> list[Row]:

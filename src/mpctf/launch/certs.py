@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-_PARTY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from mpctf.errors import ConfigError, StorageError
+
+_PARTY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+#: Longest validity accepted: a hundred years (X.509 dates end in 9999).
+MAX_VALID_DAYS = 36500
 
 
 @dataclass(frozen=True)
@@ -106,15 +111,67 @@ def _certificate(
 
 
 def create_certificates(
-    out_dir: str | Path, server_hosts: list[str], party_names: list[str], *, valid_days: int = 365
+    out_dir: str | Path,
+    server_hosts: list[str],
+    party_names: list[str],
+    *,
+    valid_days: int = 365,
+    replace: bool = True,
 ) -> Certificates:
-    """Create the CA, the server certificate for ``server_hosts`` and one key pair per party."""
-    if not server_hosts:
-        raise ValueError("`server_hosts` is empty: the server certificate needs at least one host name or IP")
-    bad = [n for n in party_names if not _PARTY_NAME.match(n)]
-    if bad or len(set(party_names)) != len(party_names):
-        raise ValueError(f"party names must be unique file-name-safe words, got {party_names}")
+    """Create the CA, the server certificate for ``server_hosts`` and one key pair per party.
+
+    ``replace=False`` refuses a folder that already holds a CA: a new CA invalidates every certificate and key
+    the old one signed, which parties may already hold. :class:`ConfigError` for bad arguments,
+    :class:`StorageError` when the folder cannot be written."""
+    _check_arguments(server_hosts, party_names, valid_days)
     out = Path(out_dir)
+    _check_out_dir(out, replace)
+    try:
+        return _create(out, server_hosts, party_names, valid_days)
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot write credentials: {exc.strerror or exc}") from None
+
+
+def _check_arguments(server_hosts: list[str], party_names: list[str], valid_days: int) -> None:
+    if not server_hosts:
+        raise ConfigError("no server host: the server certificate needs at least one host name or IP")
+    bad_hosts = [h for h in server_hosts if not _is_host(h)]
+    if bad_hosts:
+        raise ConfigError(f"server host {bad_hosts[0]!r} is neither an IP address nor a DNS name")
+    bad = [n for n in party_names if not _PARTY_NAME.match(n)]
+    if bad:
+        raise ConfigError(
+            f"party name {bad[0]!r} is not file-name-safe: 1 to 64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    repeated = sorted({n for n in party_names if party_names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"party names must be unique; repeated: {', '.join(repeated)}")
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise ConfigError(f"valid days must be between 1 and {MAX_VALID_DAYS}, got {valid_days}")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOST_NAME.match(host)) and all(len(label) <= 63 for label in host.split("."))
+    return True
+
+
+def _check_out_dir(out: Path, replace: bool) -> None:
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"output folder {out}: {blocker} is a file, not a folder")
+    existing = [p for p in (out / "ca.key", out / "ca.crt") if p.exists()]
+    if existing and not replace:
+        raise ConfigError(
+            f"{out} already holds a CA ({existing[0].name}); a new one would invalidate every certificate and "
+            "key it signed: pass --force to replace it, or choose another folder"
+        )
+
+
+def _create(out: Path, server_hosts: list[str], party_names: list[str], valid_days: int) -> Certificates:
     ca_key = _new_key()
     ca_cert = (
         _certificate("MPCTF federation CA", ca_key.public_key(), None, ca_key, valid_days)

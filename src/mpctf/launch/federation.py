@@ -99,8 +99,14 @@ def serve_party(
     superlink: str,
     root_cert: Path | None,
     auth_key: Path | None,
+    server_wait_s: float = 600.0,
+    say: Callable[[str], None] | None = None,
 ) -> None:
-    """One party alone (``mpctf party``): its worker and SuperNode, until the federation ends."""
+    """One party alone (``mpctf party``): its worker and SuperNode, until the federation ends.
+
+    Gives up when the server has not answered within ``server_wait_s``, or keeps refusing this party's key for
+    ``min(server_wait_s, 60)`` seconds after it answered; ``say`` gets the lines that tell the user what it waits for.
+    """
     if party not in config.party_names:
         raise ConfigError(
             f"--name: party {party!r} is not in the config; parties: {', '.join(config.party_names)}"
@@ -118,6 +124,9 @@ def serve_party(
         handler_factory=HANDLER_FACTORY,
         root_cert=root_cert.resolve() if root_cert is not None else None,
         auth_key=auth_key.resolve() if auth_key is not None else None,
+        server_wait_s=server_wait_s,
+        key_grace_s=min(server_wait_s, 60.0),
+        say=say,
     )
 
 

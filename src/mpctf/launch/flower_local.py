@@ -12,6 +12,7 @@ its log; a run that does not complete raises the driver's own error, or :class:`
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,8 @@ from mpctf.runtime.flower import commands, protocol
 from mpctf.runtime.flower.commands import PartyKey, RunStatus, ServerTls
 
 Tick = Callable[[], None]
+
+log = logging.getLogger("mpctf.launch")
 
 #: How often ``on_tick`` is called while a run goes on, and the longest pause between two run-status asks.
 TICK_S = 1.0
@@ -165,19 +168,28 @@ def serve_flower_party(
     root_cert: Path | None = None,
     auth_key: Path | None = None,
     startup_timeout_s: float = 600.0,
+    server_wait_s: float = 600.0,
+    key_grace_s: float = 60.0,
     reconnect_s: float = 60.0,
     on_tick: Tick | None = None,
+    say: Callable[[str], None] | None = None,
     grace_s: float = 5.0,
 ) -> None:
     """One party of a split launch: its worker and SuperNode, served until the federation is gone.
 
-    Waits up to ``startup_timeout_s`` for the SuperLink at ``superlink`` to answer, then serves until it has
-    stopped answering for ``reconnect_s`` (the server's run is over, or its host is lost) and returns.
-    ``root_cert`` is the CA certificate of a TLS SuperLink, ``auth_key`` this party's private key when the
-    SuperLink authenticates parties.
-    ``LaunchError`` if the worker or the SuperNode dies, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
+    Once the worker has loaded (within ``startup_timeout_s``), says that it waits for the SuperLink at
+    ``superlink`` and waits up to ``server_wait_s`` for it to answer, then serves until it has stopped answering
+    for ``reconnect_s`` (the server's run is over, or its host is lost) and returns. A SuperNode the SuperLink
+    refuses is started again for ``key_grace_s`` after the SuperLink first answered (the server registers the
+    parties' keys just after it starts), then the party gives up. ``root_cert`` is the CA certificate of a TLS
+    SuperLink, ``auth_key`` this party's private key when the SuperLink authenticates parties. ``say`` (default:
+    the log) gets one line per step the user should see.
+    ``LaunchError`` if the worker or the SuperNode dies or the SuperLink never answers, ``FederationError`` if
+    it keeps refusing this party, :class:`~mpctf.errors.Interrupted` on Ctrl-C or SIGTERM.
     """
+    say = say or log.info
     with signals_raise(), ProcessGroup(run_dir / "logs", grace_s=grace_s) as group:
+        say(f"party {party.name!r}: starting its worker (logs in {group.log_dir})")
         start_party(
             run_dir,
             group,
@@ -188,40 +200,79 @@ def serve_flower_party(
             auth_key=auth_key,
             startup_timeout_s=startup_timeout_s,
         )
+        watch = _PartyWatch(group, party.name, superlink, auth_key, say, server_wait_s, key_grace_s)
         reachable = partial(superlink_healthy, superlink, root_cert)
-        _serve_until_gone(group, party.name, reachable, startup_timeout_s, reconnect_s, on_tick)
+        watch.serve_until_gone(reachable, reconnect_s, on_tick)
 
 
-def _serve_until_gone(
-    group: ProcessGroup,
-    party: str,
-    reachable: Callable[[], bool],
-    startup_timeout_s: float,
-    reconnect_s: float,
-    on_tick: Tick | None,
-) -> None:
-    """Keep a party's processes up until its SuperLink, once seen, has been silent for ``reconnect_s``."""
-    supernode = f"supernode-{party}"
-    started = time.monotonic()
-    last_seen: float | None = None
-    restarts: dict[str, int] = {}
-    while last_seen is None or time.monotonic() - last_seen < reconnect_s:
-        starting = time.monotonic() - started < startup_timeout_s
-        # A SuperNode that reaches the SuperLink before the server has registered its key is refused and exits:
-        # try again while the startup time lasts.
-        ended = supernode in group.exited()
-        if starting and ended and commands.supernode_refused(read_end(group.log_dir / f"{supernode}.log")):
-            time.sleep(RETRY_S)
-            group.restart(supernode)
-        revive_workers(group, restarts)
-        group.check()
-        if reachable():
-            last_seen = time.monotonic()
-        elif last_seen is None and not starting:
-            raise LaunchError(f"party {party!r}: the SuperLink did not answer within {startup_timeout_s:g} s")
-        if on_tick is not None:
-            on_tick()
-        time.sleep(TICK_S)
+@dataclass
+class _PartyWatch:
+    """Keeps a party's processes up while its SuperLink answers, and says why the party ends if it cannot join."""
+
+    group: ProcessGroup
+    party: str
+    superlink: str
+    auth_key: Path | None
+    say: Callable[[str], None]
+    server_wait_s: float
+    key_grace_s: float
+    first_seen: float | None = None
+    told_refused: bool = False
+
+    def serve_until_gone(
+        self, reachable: Callable[[], bool], reconnect_s: float, on_tick: Tick | None
+    ) -> None:
+        """Serve until the SuperLink, once seen, has been silent for ``reconnect_s``."""
+        self.say(
+            f"party {self.party!r}: waiting for the server at {self.superlink} "
+            f"(giving up after {self.server_wait_s:g} s)"
+        )
+        started = time.monotonic()
+        last_seen: float | None = None
+        restarts: dict[str, int] = {}
+        while last_seen is None or time.monotonic() - last_seen < reconnect_s:
+            self._retry_refused()
+            revive_workers(self.group, restarts)
+            self.group.check()
+            if reachable():
+                last_seen = time.monotonic()
+                if self.first_seen is None:
+                    self.first_seen = last_seen
+                    self.say(f"party {self.party!r}: the server at {self.superlink} answered; joining")
+            elif last_seen is None and time.monotonic() - started >= self.server_wait_s:
+                raise LaunchError(
+                    f"party {self.party!r}: the server at {self.superlink} did not answer within "
+                    f"{self.server_wait_s:g} s"
+                )
+            if on_tick is not None:
+                on_tick()
+            time.sleep(TICK_S)
+
+    def _retry_refused(self) -> None:
+        """Start again a SuperNode the SuperLink refused, while the server may still be registering keys."""
+        supernode = f"supernode-{self.party}"
+        if supernode not in self.group.exited():
+            return
+        if not commands.supernode_refused(read_end(self.group.log_dir / f"{supernode}.log")):
+            return  # died for another reason: group.check() reports it
+        if self.first_seen is not None and time.monotonic() - self.first_seen >= self.key_grace_s:
+            raise FederationError(self._refused())
+        if not self.told_refused:
+            self.told_refused = True
+            self.say(
+                f"{self._refused()}; trying again until {self.key_grace_s:g} s after the server first answered "
+                "(it registers the parties' keys just after it starts)"
+            )
+        time.sleep(RETRY_S)
+        self.group.restart(supernode)
+
+    def _refused(self) -> str:
+        what = (
+            f"this party's key {self.auth_key} (not registered there, or in use by another SuperNode)"
+            if self.auth_key
+            else "this party (no key)"
+        )
+        return f"party {self.party!r}: the server at {self.superlink} refused {what}"
 
 
 def reviving(group: ProcessGroup, on_tick: Tick | None) -> Tick:
@@ -250,7 +301,9 @@ def run_federation(
     """Submit the run to ``link``, follow it to its end, save the ServerApp log; raise if it did not complete."""
     config_file = run_dir / "flower" / "run-config.toml"
     config_file.write_text(
-        protocol.run_config(driver, settings, min_parties=min_parties, party_wait_s=party_wait_s)
+        protocol.run_config(
+            driver, settings, min_parties=min_parties, party_wait_s=party_wait_s, party_nodes=link.party_nodes
+        )
     )
     started = time.monotonic()
     submitted = commands.parse_json(

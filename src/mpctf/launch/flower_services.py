@@ -14,6 +14,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -58,6 +59,8 @@ class SuperLink:
     address: str
     cli_home: Path
     root_cert: Path | None = None
+    #: Party name -> the node id Flower gave the key registered for it (empty without node authentication).
+    party_nodes: Mapping[str, int] = field(default_factory=dict)
 
 
 def child_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -114,7 +117,8 @@ def start_superlink(
 ) -> SuperLink:
     """Start the SuperLink on ``host:port`` (a free port if None) and wait until its health check answers.
 
-    With ``party_public_keys`` (party name → OpenSSH public key) only those parties' SuperNodes may join.
+    With ``party_public_keys`` (party name → OpenSSH public key) only those parties' SuperNodes may join; the
+    node id Flower returns for each key is kept in :attr:`SuperLink.party_nodes`, which binds the name to the key.
     """
     port = port or free_port(host)
     home = run_dir / "flower" / "superlink"
@@ -131,10 +135,12 @@ def start_superlink(
         log_path=group.log_dir / "superlink.log",
     )
     link = connect_cli(run_dir, local, root_cert=root_cert)
+    nodes: dict[str, int] = {}
     for party, public_key in (party_public_keys or {}).items():
         what = f"registering party {party!r}'s key {public_key}"
-        commands.parse_json(flwr(link, commands.register_argv(public_key, party), what), what)
-    return link
+        registered = commands.parse_json(flwr(link, commands.register_argv(public_key, party), what), what)
+        nodes[party] = commands.node_id_of(registered)
+    return dataclasses.replace(link, party_nodes=nodes)
 
 
 def connect_cli(run_dir: Path, address: str, *, root_cert: Path | None = None) -> SuperLink:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mpctf.errors import DataError
+
 Record = dict[str, Any]
 
 
@@ -38,16 +40,68 @@ class MetricsLog:
         return record
 
 
-def read_metrics(path: Path) -> list[Record]:
-    """All complete records of a metrics file (a torn last line from a crash is skipped)."""
-    return list(iter_records(path.read_text().splitlines()))
+#: Keys the report needs in each kind of record.
+REQUIRED_KEYS = {
+    "round": ("round",),
+    "party_round": ("round", "party", "status"),
+    "plan": (
+        "party",
+        "num_samples",
+        "num_tokens",
+        "chunk_samples",
+        "micro_batch",
+        "grad_accum",
+        "rounds_per_epoch",
+    ),
+}
 
 
-def iter_records(lines: list[str]) -> Iterator[Record]:
+def read_metrics(path: Path, *, strict: bool = False) -> list[Record]:
+    """All complete records of a metrics file; a torn last line (no newline: a crash mid-write) is skipped.
+
+    By default other unreadable lines are skipped too (a run resumed after such a crash appends after the torn
+    line). ``strict`` (re-rendering a report on request) raises :class:`DataError` naming ``file:line`` instead,
+    and when the file holds no record at all."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    complete = data.split(b"\n")[:-1]  # what follows the last newline is torn (or empty)
+    records = []
+    for n, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_record(line, strict=strict))
+        except ValueError as exc:
+            if strict:
+                raise DataError(f"{path}:{n}: {exc}") from None
+    if strict and not records:
+        raise DataError(f"{path}: holds no metrics records")
+    return records
+
+
+def _record(line: bytes, *, strict: bool = False) -> Record:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        raise ValueError('not a metrics record (a JSON object with an "event")')
+    missing = [k for k in REQUIRED_KEYS.get(record["event"], ()) if strict and k not in record]
+    if missing:
+        raise ValueError(f"a {record['event']!r} record without {', '.join(missing)}")
+    return record
+
+
+def iter_records(lines: list[bytes]) -> Iterator[Record]:
+    """The readable records among ``lines`` (each one line of a metrics file, without its newline)."""
     for line in lines:
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
+            yield _record(line)
+        except ValueError:
             continue
 
 
@@ -66,6 +120,6 @@ class MetricsTail:
             chunk = fh.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
-        for record in iter_records(complete.decode().splitlines()):
+        for record in iter_records(complete.split(b"\n")[:-1]):
             for listener in self.listeners:
                 listener(record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpctf.errors import DataError
 from mpctf.report.guarantee import guarantee_lines
 from mpctf.report.metrics import Record, read_metrics, score_cell
 
@@ -141,9 +142,27 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
     return written
 
 
-def render_report(run_dir: Path) -> Path:
-    """(Re)write ``report.md`` and its plots from ``metrics.jsonl``; returns the report's path."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+def render_report(run_dir: Path, *, strict: bool = False) -> Path:
+    """(Re)write ``report.md`` and its plots from ``metrics.jsonl``; returns the report's path.
+
+    ``strict``: a metrics file with an unreadable line, no record, or a record of the wrong shape is a
+    :class:`DataError` (naming ``file:line`` where it can) instead of a report of what could be read."""
+    metrics = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics, strict=strict)
+    try:
+        lines = _report_lines(run_dir, records)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if not strict:
+            raise
+        raise DataError(
+            f"{metrics}: a record has a missing or mistyped field ({type(exc).__name__}: {exc})"
+        ) from None
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _report_lines(run_dir: Path, records: list[Record]) -> list[str]:
     rounds = [r for r in records if r["event"] == "round"]
     parties = [r for r in records if r["event"] == "party_round"]
     plans = [r for r in records if r["event"] == "plan"]
@@ -183,6 +202,4 @@ def render_report(run_dir: Path) -> Path:
         ]
     if rounds:
         lines += [f"![{name}]({name})" for name in _plot(rounds, parties, run_dir)]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines

@@ -140,7 +140,9 @@ def test_refused_push_fails_every_party() -> None:
     assert all(r.payload is None and "refused" in (r.error or "") for r in replies)
 
 
-def test_departed_node_is_forgotten_and_a_restarted_one_wins() -> None:
+def test_departed_node_is_forgotten_and_a_restarted_one_takes_over_once_the_old_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     grid = FakeGrid({1: party("a"), 2: party("b")})
     backend = backend_on(grid)
     assert backend.party_names() == ["a", "b"]
@@ -148,13 +150,70 @@ def test_departed_node_is_forgotten_and_a_restarted_one_wins() -> None:
     assert backend.party_names() == ["a"]
     grid.nodes[3] = party("a")  # "a" restarted under a new node id while the old one still looks online
     assert backend.party_names() == ["a"]
+    assert "node 3 claims to be party 'a', which node 1 holds: refused while node 1 is online" in caplog.text
     asked = len(grid.pushed)
     assert backend.party_names() == ["a"]
-    assert len(grid.pushed) == asked  # the old id is not asked again
+    assert len(grid.pushed) == asked  # neither id is asked again
     list(backend.train_round({"a": b""}, timeout_s=5))
-    assert grid.pushed[-1].metadata.dst_node_id == 3
+    assert grid.pushed[-1].metadata.dst_node_id == 1  # the live holder keeps the name
     del grid.nodes[1]  # the old id finally goes offline
     assert backend.party_names() == ["a"]
+    list(backend.train_round({"a": b""}, timeout_s=5))
+    assert grid.pushed[-1].metadata.dst_node_id == 3
+
+
+def train_targets(grid: FakeGrid) -> set[int]:
+    return {m.metadata.dst_node_id for m in grid.pushed if m.metadata.message_type == protocol.TRAIN}
+
+
+def test_without_node_auth_a_second_claimant_never_takes_a_live_partys_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grid = FakeGrid({1: party("alice"), 2: party("bob")})
+    backend = backend_on(grid)
+    assert backend.party_names() == ["alice", "bob"]
+    grid.nodes[3] = party("bob", fail="impostor")  # a newer node claims bob's name
+    assert backend.party_names() == ["alice", "bob"]
+    replies = {r.party: r for r in backend.train_round({"alice": b"", "bob": b""}, timeout_s=5)}
+    assert replies["bob"].payload == b"bob" and replies["bob"].error is None
+    assert train_targets(grid) == {1, 2}
+    assert "node 3 claims to be party 'bob', which node 2 holds" in caplog.text
+
+
+def test_with_node_auth_a_node_is_accepted_only_under_the_name_its_key_was_registered_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grid = FakeGrid({20: party("bob")})
+    backend = backend_on(grid, registered={"alice": 10, "bob": 20})
+    assert backend.party_names() == ["bob"]
+    # alice's key (node 10) with bob's name, and a node that no registered key explains.
+    grid.nodes[10] = party("bob", fail="impostor")
+    grid.nodes[99] = party("carol")
+    assert backend.party_names() == ["bob"]
+    for _ in range(2):
+        replies = list(backend.train_round({"bob": b"", "alice": b""}, timeout_s=5))
+        assert {(r.party, r.payload, r.error) for r in replies} == {
+            ("bob", b"bob", None),
+            ("alice", None, "party 'alice' is not connected"),
+        }
+    assert train_targets(grid) == {20}  # the refused nodes never get a task
+    assert (
+        "node 10 claims to be party 'bob' but its key is registered for party 'alice': refused, it gets no tasks"
+        in caplog.text
+    )
+    assert "node 99 claims to be party 'carol' but its key is registered for no party" in caplog.text
+
+
+def test_with_node_auth_a_refused_node_gets_no_name_when_the_rightful_one_leaves() -> None:
+    grid = FakeGrid({10: party("bob"), 20: party("bob")})
+    backend = backend_on(grid, registered={"alice": 10, "bob": 20})
+    assert backend.party_names() == ["bob"]
+    del grid.nodes[20]  # the real bob goes offline
+    assert backend.party_names() == []
+    grid.nodes[20] = party("bob")  # and comes back: same key, same node id
+    assert backend.party_names() == ["bob"]
+    list(backend.train_round({"bob": b""}, timeout_s=5))
+    assert train_targets(grid) == {20}
 
 
 def test_node_that_does_not_answer_discovery_is_left_out() -> None:

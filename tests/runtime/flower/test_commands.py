@@ -94,6 +94,22 @@ def test_register_command_line() -> None:
     assert argv[-2:] == ["--format", "json"]
 
 
+def test_registered_node_id_and_its_binding_travel_in_the_run_config() -> None:
+    # `flwr supernode register --format json` prints the node id Flower gave the key.
+    data = commands.parse_json(
+        '✅ SuperNode 9007199254740993 registered\n{"success": true, "node-id": 9007199254740993}', "x"
+    )
+    nodes = {"alice": commands.node_id_of(data), "bob": 7}
+    text = protocol.run_config("m:f", {}, min_parties=1, party_wait_s=1, party_nodes=nodes)
+    assert protocol.party_nodes_of(tomllib.loads(text)[protocol.RUN_PARTY_NODES]) == {
+        "alice": 9007199254740993,
+        "bob": 7,
+    }
+    # Without node authentication there is no binding.
+    unbound = protocol.run_config("m:f", {}, min_parties=1, party_wait_s=1)
+    assert protocol.party_nodes_of(tomllib.loads(unbound)[protocol.RUN_PARTY_NODES]) is None
+
+
 def test_cli_config_holds_one_default_connection() -> None:
     plain = tomllib.loads(commands.cli_config("127.0.0.1:9093"))
     assert plain["superlink"]["default"] == commands.CONNECTION

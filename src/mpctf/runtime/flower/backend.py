@@ -1,12 +1,19 @@
 """The Flower backend: the round loop's :class:`Backend` on top of a Flower ``Grid``.
 
 Parties are found by asking every online node for its party name (a ``query`` message, answered by the ClientApp
-from its node config). A round pushes one ``train`` message per party, one at a time (each task is built just
-before its push and released after it, so the ServerApp holds one serialized task however many parties there are),
-and pulls replies one at a time every ``poll_s`` seconds, yielding each as soon as it arrives so the server can
-aggregate (and drop) it while slower parties still train. (Flower's own
-``send_and_receive`` would return only when all replies are in, and polls every 3 s.) A party whose reply is an
-error, or who has not answered within ``timeout_s``, yields a :class:`PartyReply` with ``error`` set.
+from its node config). That name is only a claim. With node authentication, ``registered`` maps each party to the
+node id Flower gave its public key when the server registered it (Flower keeps that id for the key across SuperNode
+restarts), and a node is accepted only under the name its key was registered for. Without authentication a name
+belongs to the first node that claims it while that node is online; a later claimant is refused, and takes the
+name over once the holder has gone offline (a restarted SuperNode gets a new id; its old id drops out after
+Flower's heartbeat patience, at once after a clean stop). A refused node is logged and never gets a task.
+
+A round pushes one ``train`` message per party, one at a time (each task is built just before its push and
+released after it, so the ServerApp holds one serialized task however many parties there are), and pulls replies
+one at a time every ``poll_s`` seconds, yielding each as soon as it arrives so the server can aggregate (and drop)
+it while slower parties still train. (Flower's own ``send_and_receive`` would return only when all replies are
+in, and polls every 3 s.) A party whose reply is an error, or who has not answered within ``timeout_s``, yields a
+:class:`PartyReply` with ``error`` set.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class FlowerBackend(Backend):
         *,
         poll_s: float = 0.5,
         discovery_timeout_s: float = 60.0,
+        registered: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -49,8 +57,11 @@ class FlowerBackend(Backend):
         self._discovery_timeout_s = discovery_timeout_s
         self._clock = clock
         self._sleep = sleep
-        self._party_of: dict[int, str] = {}
-        self._node_of: dict[str, int] = {}
+        #: party -> node id of its registered key; None without node authentication.
+        self._registered = dict(registered) if registered is not None else None
+        self._key_owner = {node: party for party, node in (registered or {}).items()}
+        self._claim_of: dict[int, str] = {}  # every node that said its name, accepted or not
+        self._node_of: dict[str, int] = {}  # the accepted node of each party
         self._round = 0
 
     def party_names(self) -> list[str]:
@@ -100,14 +111,14 @@ class FlowerBackend(Backend):
 
     def _discover(self) -> None:
         online = set(self._grid.get_node_ids())
-        for node in set(self._party_of) - online:
+        for node in set(self._claim_of) - online:
             self._forget(node)
         queries = [
             (
                 node,
                 functools.partial(Message, RecordDict(), node, protocol.QUERY, ttl=self._discovery_timeout_s),
             )
-            for node in online - set(self._party_of)
+            for node in online - set(self._claim_of)
         ]
         for node, reply, _ in self._exchange(queries, self._discovery_timeout_s).replies():
             error = reply if isinstance(reply, str) else wire.error_of(reply)
@@ -115,17 +126,46 @@ class FlowerBackend(Backend):
                 log.warning("node %d did not say which party it is: %s", node, error)
                 continue
             party = str(reply.content.config_records[protocol.RECORD_META][protocol.META_PARTY])
-            if (previous := self._node_of.get(party)) is not None:
-                # A restarted SuperNode gets a new id while its old one still looks online: the newest wins
-                # (the old id stays known, so it is not asked again, and is forgotten once it goes offline).
-                log.warning("party %r moved from node %d to node %d", party, previous, node)
-            self._party_of[node] = party
-            self._node_of[party] = node
+            self._claim_of[node] = party  # known from now on: not asked again, even if refused
+            if self._may_hold(node, party):
+                self._node_of[party] = node
+
+    def _may_hold(self, node: int, party: str) -> bool:
+        """Whether ``node`` may be ``party`` now; logs why not (the node then gets no task)."""
+        if self._registered is not None:
+            owner = self._key_owner.get(node)
+            if owner == party:
+                return True
+            registered_for = f"party {owner!r}" if owner is not None else "no party"
+            log.warning(
+                "node %d claims to be party %r but its key is registered for %s: refused, it gets no tasks",
+                node,
+                party,
+                registered_for,
+            )
+            return False
+        holder = self._node_of.get(party)
+        if holder is None or holder == node:
+            return True
+        log.warning(
+            "node %d claims to be party %r, which node %d holds: refused while node %d is online",
+            node,
+            party,
+            holder,
+            holder,
+        )
+        return False
 
     def _forget(self, node: int) -> None:
-        party = self._party_of.pop(node)
-        if self._node_of.get(party) == node:
-            del self._node_of[party]
+        party = self._claim_of.pop(node)
+        if self._node_of.get(party) != node:
+            return
+        del self._node_of[party]
+        # Without node authentication, the latest node refused for this name (a restarted SuperNode) takes it.
+        waiting = [n for n, p in self._claim_of.items() if p == party]
+        if self._registered is None and waiting:
+            self._node_of[party] = waiting[-1]
+            log.warning("party %r moved from node %d (gone offline) to node %d", party, node, waiting[-1])
 
     def _exchange(self, messages: list[tuple[K, Callable[[], Message]]], timeout_s: float) -> _Exchange[K]:
         return _Exchange(

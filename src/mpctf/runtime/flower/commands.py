@@ -117,7 +117,7 @@ def supernode_argv(
 
 
 def register_argv(public_key: Path, party: str) -> list[str]:
-    """Let the SuperNode holding the private half of ``public_key`` join (prints JSON)."""
+    """Let the SuperNode holding the private half of ``public_key`` join (prints JSON with its node id)."""
     return ["flwr", "supernode", "register", str(public_key), CONNECTION, "--name", party, "--format", "json"]
 
 
@@ -178,6 +178,11 @@ def parse_json(stdout: str, what: str) -> dict[str, Any]:
     if not data.get("success", False):
         raise FederationError(f"{what} failed: {_one_line(str(data.get('error-message', data)))}")
     return data
+
+
+def node_id_of(data: dict[str, Any]) -> int:
+    """The node id ``flwr supernode register`` gave a key: the id its SuperNode will have, restart after restart."""
+    return int(data["node-id"])
 
 
 def run_id_of(data: dict[str, Any]) -> str:

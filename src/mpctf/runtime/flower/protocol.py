@@ -21,6 +21,8 @@ RUN_DRIVER = "driver"
 RUN_SETTINGS = "settings"
 RUN_MIN_PARTIES = "min-parties"
 RUN_PARTY_WAIT_S = "party-wait-s"
+#: JSON ``{party: node id}`` of the keys the server registered (node authentication); ``{}`` when it is off.
+RUN_PARTY_NODES = "party-nodes"
 
 # Node-config keys, set per SuperNode with --node-config and read by the ClientApp.
 NODE_PARTY = "party"
@@ -56,16 +58,33 @@ def toml_table(values: Mapping[str, str | int | float | bool]) -> str:
     return "".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in values.items())
 
 
-def run_config(driver: str, settings: Mapping[str, str], *, min_parties: int, party_wait_s: float) -> str:
-    """The ``--run-config`` TOML of one run; ``settings`` travel as one JSON string for the driver."""
+def run_config(
+    driver: str,
+    settings: Mapping[str, str],
+    *,
+    min_parties: int,
+    party_wait_s: float,
+    party_nodes: Mapping[str, int] | None = None,
+) -> str:
+    """The ``--run-config`` TOML of one run; ``settings`` travel as one JSON string for the driver.
+
+    ``party_nodes`` (party name -> the node id Flower gave its registered key) binds each name to one key.
+    """
     return toml_table(
         {
             RUN_DRIVER: driver,
             RUN_SETTINGS: json.dumps(dict(settings), sort_keys=True),
             RUN_MIN_PARTIES: min_parties,
             RUN_PARTY_WAIT_S: float(party_wait_s),
+            RUN_PARTY_NODES: json.dumps(dict(party_nodes or {}), sort_keys=True),
         }
     )
+
+
+def party_nodes_of(value: object) -> dict[str, int] | None:
+    """The ``{party: node id}`` binding of a run config's :data:`RUN_PARTY_NODES`; ``None`` when there is none."""
+    nodes = json.loads(str(value or "{}"))
+    return {str(party): int(node) for party, node in nodes.items()} or None
 
 
 def node_config(party: str, worker_address: str, authkey_file: Path) -> str:

@@ -35,7 +35,10 @@ def main(grid: Grid, context: Context) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     driver, settings, min_parties, party_wait_s = read_run_config(context.run_config)
-    backend = FlowerBackend(grid)
+    # With node authentication, each party name is bound to the node id of the key registered for it.
+    backend = FlowerBackend(
+        grid, registered=protocol.party_nodes_of(context.run_config.get(protocol.RUN_PARTY_NODES))
+    )
     try:
         backend.wait_for_parties(min_parties, party_wait_s)
         driver(backend, settings)
