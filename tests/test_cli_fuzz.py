@@ -116,13 +116,19 @@ def _mutate(cfg: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
 
 def _text_mutation(text: str, data: st.DataObject) -> bytes:
     lines = text.split("\n")
-    action = data.draw(st.sampled_from(["none", "duplicate", "yaml11", "bytes", "truncate", "indent"]))
+    action = data.draw(
+        st.sampled_from(["none", "duplicate", "yaml11", "bytes", "truncate", "indent", "alias"])
+    )
     i = data.draw(st.integers(0, max(len(lines) - 1, 0)))
     if action == "duplicate":
         lines.insert(i, lines[i])
     elif action == "yaml11":
         word = data.draw(st.sampled_from(["yes", "no", "on", "off", "y", "n", "Yes", "OFF"]))
         lines[i] = (lines[i].split(":")[0] + f": {word}") if ":" in lines[i] else f"{word}: 1"
+    elif action == "alias":
+        lines[i] = data.draw(
+            st.sampled_from(["x: &a [*a]", "x: &a {k: *a}", "x: *undefined", "x: &a 1", "<<: 1"])
+        )
     elif action == "indent":
         lines[i] = "   " + lines[i]
     encoded = "\n".join(lines).encode()

@@ -279,3 +279,35 @@ def test_momentum_needs_the_sgd_optimizer(tmp_path: Path) -> None:
     )
     sgd = load_config(tiny_config_dict(tmp_path, **{"training.optimizer": "sgd", "training.momentum": 0.9}))
     assert (sgd.training.optimizer, sgd.training.momentum) == ("sgd", 0.9)
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("name: &a [*a]\n", "an alias (*name) is used inside the node it names"),
+        ("task: {labels: &l {x: *l}}\n", "an alias (*name) is used inside the node it names"),
+        (_alias_bomb(9), "aliases (*name) expand the document beyond 100000 values"),
+    ],
+    ids=["list-cycle", "mapping-cycle", "expansion"],
+)
+def test_self_referencing_or_exploding_aliases_are_one_line_errors(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    (line,) = _errors(path)
+    assert line.startswith(f"{path}:1:") and line.endswith(reason)
+
+
+def test_a_shared_anchor_is_fine(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "parties"}, sort_keys=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "parties:\n  - {name: alice, lora_rank: &r 4}\n  - {name: bob, lora_rank: *r}\n")
+    assert [p.lora_rank for p in load_config(path).parties] == [4, 4]

@@ -3,7 +3,8 @@
 PyYAML follows YAML 1.1, where ``yes``, ``no``, ``on``, ``off`` are booleans (``rounds: yes`` would be one
 round), while YAML 1.2 and most readers take them, and ``y`` / ``n``, as text. This loader accepts only
 ``true`` / ``false`` as booleans and refuses the ambiguous words unless quoted. A key written twice in one
-mapping is an error too, where PyYAML keeps the last value.
+mapping is an error too, where PyYAML keeps the last value, and so are an alias (``*name``) inside what it names
+and aliases that expand the document beyond :data:`MAX_VALUES` values.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ _AMBIGUOUS_TAG = "tag:mpctf:ambiguous-boolean"
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 #: YAML 1.1 booleans that YAML 1.2 reads as text (``y`` / ``n`` only some readers); refused unquoted.
 _AMBIGUOUS = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
+#: Values a document may hold once its aliases are expanded (a config has a few hundred).
+MAX_VALUES = 100_000
 
 
 class StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` without duplicate keys or YAML 1.1 booleans."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, {}) > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"aliases (*name) expand the document beyond {MAX_VALUES} values", node.start_mark
+            )
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         _refuse_duplicates(self, node)
@@ -33,6 +43,29 @@ class StrictLoader(yaml.SafeLoader):
 
 class StrictDumper(yaml.SafeDumper):
     """``yaml.SafeDumper`` that quotes every string :class:`StrictLoader` would refuse unquoted."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` holds with its aliases expanded (each shared node counted once per use)."""
+    if id(node) in sizes:
+        if sizes[id(node)] < 0:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias (*name) is used inside the node it names", node.start_mark
+            )
+        return sizes[id(node)]
+    sizes[id(node)] = -1  # being counted: meeting it again below means a cycle
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
 
 
 def _refuse_duplicates(loader: StrictLoader, node: yaml.MappingNode) -> None:
