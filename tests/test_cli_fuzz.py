@@ -8,6 +8,8 @@ Nothing here loads a model: ``validate``, ``report`` on small metrics files and 
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from support import tiny_config_dict
 runner = CliRunner()
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WORK = Path(tempfile.mkdtemp(prefix="mpctf-fuzz-"))
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 (WORK / "a-file").write_text("x")
 (WORK / "a-folder").mkdir(exist_ok=True)
 
