@@ -126,9 +126,9 @@ def summarize(name: str, privacy: dict[str, Any], run_dir: Path, seconds: float)
         ) / len(trained)
         out["party_privacy_s"] = sum(p.get("privacy_seconds", 0.0) for p in parties) / len(parties)
         setup = next(r for r in records if r["event"] == "privacy")
-        if "he_setup_seconds" in setup:
-            out["he_setup_s"] = setup["he_setup_seconds"]
-            out["he_setup_bytes"] = setup["he_setup_bytes"]
+        if "homomorphic_encryption_setup_seconds" in setup:
+            out["he_setup_s"] = setup["homomorphic_encryption_setup_seconds"]
+            out["he_setup_bytes"] = setup["homomorphic_encryption_setup_bytes"]
     return out
 
 
@@ -163,7 +163,6 @@ def wiring_round(
     from mpctf.data.chunking import PartyPlan
     from mpctf.messages import RoundTask, Update
     from mpctf.party.privacy import PartyPrivacy
-    from mpctf.privacy.rounds import OPS
     from mpctf.runtime.local import LocalBackend
     from mpctf.server.privacy import ServerPrivacy
 
@@ -176,7 +175,7 @@ def wiring_round(
     def handler(party: str):
         def handle(payload: bytes) -> bytes:
             task = RoundTask.from_bytes(payload)
-            if task.instructions["op"] in OPS:
+            if task.instructions["op"] in sides[party].ops:
                 return sides[party].handle(task)
             if party == drop:
                 raise RuntimeError("dropped")
@@ -225,7 +224,7 @@ def wiring_round(
         "server_finish_s": m["privacy_server_seconds"],
         "round_wall_s": time.perf_counter() - start,
         "max_abs_error": error,
-        **{k: v for k, v in setup.items() if k.startswith("he_setup") or k == "he_public_context_bytes"},
+        **{k: v for k, v in setup.items() if "_setup_" in k or k == "he_public_context_bytes"},
     }
 
 

@@ -114,10 +114,10 @@ def run_case(privacy: dict[str, Any], federation: dict[str, Any] | None, reachab
                 return out
 
             server.begin_round = spy
-            clip = server.clip_norm
+            clip = server.stage("client_dp").clip_norm
             with Watch() as watch:
                 fed.round(server, r, selected=selected, reachable=reachable)
-            least = server._least_summed(len(selected)) if seen.get("noise_std") else 0
+            least = server.hider.least_summed(len(selected)) if seen.get("noise_std") else 0
             executed.append(
                 (server.last_metrics["dp_sampling_rate"], executed_multiplier(watch, clip, seen, least))
             )

@@ -14,7 +14,6 @@ from mpctf.data.chunking import PartyPlan
 from mpctf.messages import RoundTask, Update
 from mpctf.party.privacy import PartyPrivacy
 from mpctf.privacy.config import PrivacyConfig
-from mpctf.privacy.rounds import OPS
 from mpctf.runtime.local import LocalBackend
 from mpctf.server.privacy import ServerPrivacy
 from support import tiny_config_dict
@@ -48,9 +47,10 @@ class Federation:
         federation: dict[str, Any] | None = None,
         scale: float = 1.0,
         communication: dict[str, Any] | None = None,
+        updates: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> None:
         """``party_privacy``: the parties' own ``privacy:`` section when it differs from the server's;
-        ``scale`` multiplies every party's delta."""
+        ``scale`` multiplies every party's delta; ``updates`` replaces the parties' deltas."""
         overrides: dict[str, Any] = {"parties": [{"name": n} for n in NAMES], "privacy": privacy}
         if federation is not None:
             overrides["federation"] = {"rounds": 2, "strategy": {"name": "fedavg"}, **federation}
@@ -59,7 +59,8 @@ class Federation:
         self.config = load_config(tiny_config_dict(tmp_path, **overrides))
         own = self.config.privacy if party_privacy is None else PrivacyConfig.model_validate(party_privacy)
         self.parties = {p: PartyPrivacy(own, p) for p in NAMES}
-        self.deltas = {p: {k: v * scale for k, v in d.items()} for p, d in deltas().items()}
+        made = deltas() if updates is None else updates
+        self.deltas = {p: {k: v * scale for k, v in d.items()} for p, d in made.items()}
         self.crash = crash
         self.seen_by_server: list[dict[str, torch.Tensor]] = []
         self.backend = LocalBackend({p: self._handler(p) for p in NAMES})
@@ -68,7 +69,7 @@ class Federation:
         def handle(payload: bytes) -> bytes:
             task = RoundTask.from_bytes(payload)
             op = task.instructions["op"]
-            if op in OPS:
+            if op in self.parties[party].ops:
                 return self.parties[party].handle(task)
             if party in self.crash:
                 raise RuntimeError("crashed while training")
@@ -89,7 +90,7 @@ class Federation:
         selected: list[str] = NAMES,
         reachable: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        state = {"w": torch.zeros(3, 4), "b": torch.zeros(5)}
+        state = {k: torch.zeros_like(v) for k, v in self.deltas[NAMES[0]].items()}
         server.strategy.begin_round(round_num, state)
         plans = {p: plan(p) for p in NAMES}
         instructions = server.begin_round(round_num, selected, plans, self.backend, reachable=reachable)

@@ -102,7 +102,11 @@ def test_client_dp_records_increasing_epsilon_and_stops_within_budget(tmp_path: 
     assert stop["round"] == 3 and "epsilon_max" in stop["reason"]
     assert next(r for r in records if r["event"] == "run_end")["stop_reason"] == stop["reason"]
     ckpt = load_latest(tmp_path / "run")
-    assert ckpt is not None and ckpt.round == 2 and ckpt.privacy_state["accountant"]["steps"] == 2
+    assert (
+        ckpt is not None
+        and ckpt.round == 2
+        and ckpt.privacy_state["stages"]["client_dp"]["accountant"]["steps"] == 2
+    )
     # every party's update reached the server clipped to the clip norm
     norms = [r["update_norm"] for r in records if r["event"] == "party_round"]
     assert norms and all(n <= DP["clip_norm"] * (1 + 1e-5) for n in norms)

@@ -23,13 +23,13 @@ DP = {"noise_multiplier": 1.0, "clip_norm": 0.01}
 def spy_count(server, monkeypatch) -> list[tuple[float, object]]:
     """What the adaptive clipper is handed each round: (sum of indicators, the generator it noises with)."""
     seen: list[tuple[float, object]] = []
-    update = server.clipper.update
+    update = server.stage("client_dp").clipper.update
 
     def record(centred_sum, num_parties, generator):
         seen.append((centred_sum, generator))
         return update(centred_sum, num_parties, generator)
 
-    monkeypatch.setattr(server.clipper, "update", record)
+    monkeypatch.setattr(server.stage("client_dp").clipper, "update", record)
     return seen
 
 
@@ -73,7 +73,7 @@ def test_the_sampling_rate_is_that_of_the_parties_reachable_in_the_round(tmp_pat
     assert server.last_metrics["dp_sampling_rate"] == pytest.approx(2 / 3)
     both = epsilon_for(noise_multiplier=1.0, sampling_rate=1.0, steps=1, delta=1e-5)
     assert server.last_metrics["dp_epsilon"] > both  # round 1 at q=1, round 2 at q=2/3
-    assert server.accountant.history == [[1.0, 1], [2 / 3, 1]]
+    assert server.stage("client_dp").accountant.history == [[1.0, 1], [2 / 3, 1]]
     assert server.last_metrics["dp_epsilon_known_selection"] == pytest.approx(
         epsilon_for(noise_multiplier=1.0, sampling_rate=1.0, steps=2, delta=1e-5)
     )

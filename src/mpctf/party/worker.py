@@ -26,7 +26,6 @@ from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.privacy import PartyPrivacy, hides_update
 from mpctf.party.trainer import TrainSettings, TrainStats, train_round
-from mpctf.privacy.rounds import OPS as PRIVACY_OPS
 from mpctf.runtime.base import PartyHandler
 
 
@@ -53,7 +52,6 @@ class PartyWorker:
         self._reported_load = False
         #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
         self.privacy = PartyPrivacy(config.privacy, party)
-        self.dpsgd_ledger: Any = None  # DP-SGD's accountant history, carried across rounds
         world = config.party_processes(party)
         #: The party's other training processes, when it has several (this process is rank 0).
         self.ranks = PartyRanks(config, party, world, self.bundle) if world > 1 else None
@@ -68,7 +66,7 @@ class PartyWorker:
         task = RoundTask.from_bytes(payload)
         if task.instructions.get("op") == "describe":
             return self.describe()
-        if task.instructions.get("op") in PRIVACY_OPS:
+        if task.instructions.get("op") in self.privacy.ops:
             return self.privacy.handle(task)
         return self.train(task).to_bytes()
 
@@ -156,18 +154,20 @@ class PartyWorker:
     def _train(
         self, chunk: list[Any], settings: TrainSettings, hooks: Any
     ) -> tuple[TrainStats, dict[str, float]]:
-        """The local round: plain, or with sample-level DP-SGD (then the party's ε goes into the metrics)."""
-        sample_dp = self.config.privacy.sample_dp
-        if sample_dp is None:
+        """The local round: plain, or with the per-example DP a privacy stage asks for (then the party's ε goes
+        into the metrics)."""
+        local_dp = self.privacy.local_dp()
+        if local_dp is None:
             return train_round(self.bundle, self.task, chunk, settings, hooks), {}
         from mpctf.party.private_trainer import DpSgdLedger, train_round_private
 
-        if self.dpsgd_ledger is None:
-            self.dpsgd_ledger = DpSgdLedger()
+        params, keeper = local_dp
+        if keeper.ledger is None:
+            keeper.ledger = DpSgdLedger()
         stats, epsilon = train_round_private(
-            self.bundle, self.task, chunk, settings, hooks, sample_dp, self.dpsgd_ledger
+            self.bundle, self.task, chunk, settings, hooks, params, keeper.ledger
         )
-        return stats, {"dp_sgd_epsilon": epsilon, "dp_sgd_steps": float(self.dpsgd_ledger.steps)}
+        return stats, {"dp_sgd_epsilon": epsilon, "dp_sgd_steps": float(keeper.ledger.steps)}
 
 
 def make_handler(config: str, party: str, threads: str | None = None) -> PartyHandler:

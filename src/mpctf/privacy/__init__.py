@@ -7,6 +7,8 @@
 - :mod:`~mpctf.privacy.dpsgd`: sample-level DP-SGD inside a party (Opacus);
 - :mod:`~mpctf.privacy.secagg`: secure aggregation (SecAgg / SecAgg+);
 - :mod:`~mpctf.privacy.he`: CKKS homomorphic aggregation (TenSEAL);
+- :mod:`~mpctf.privacy.stages`: each mechanism as a stage with its party and server halves, registered by its
+  ``privacy:`` key;
 - :mod:`~mpctf.privacy.config` and :mod:`~mpctf.privacy.compat`: the config section and what cannot combine.
 
 Submodules are imported on demand: Opacus and dp_accounting take seconds to import.

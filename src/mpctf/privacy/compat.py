@@ -3,53 +3,45 @@
 Called once at config validation, so a run that could only fail or silently lose its guarantee never starts.
 Every rule reads properties that the parts declare, never their names: a strategy's ``aggregates_by_mean`` and
 ``buffers_updates``, a codec's ``sparsifies`` and ``integer_bits``, a training mode's ``per_example_gradients``,
-and the mechanisms' own (:data:`MECHANISMS`). A strategy or codec added later is judged by what it declares.
+and the traits of each registered privacy stage (:func:`mechanisms`). A strategy or codec added later is judged
+by what it declares.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mpctf.privacy.config import PrivacyConfig
-
-if TYPE_CHECKING:
-    from mpctf.aggregation.base import Strategy
-    from mpctf.comm.base import Codec
-    from mpctf.model.modes.base import TrainingMode
+from mpctf.privacy.stages.base import MechanismTraits
 
 
-@dataclass(frozen=True)
-class MechanismTraits:
-    """What a privacy mechanism (a section of ``privacy:``) declares about itself."""
-
-    #: How sentences name it.
-    title: str
-    #: The server sees only a sum (or mean) of the updates, never one of them.
-    hides_updates: bool = False
-    #: Its arithmetic on integer codes is exact (a ring), so an integer quantiser can set its precision.
-    exact_on_integer_codes: bool = False
-    #: The adaptive-clipping count can ride inside the hidden sum.
-    carries_clip_count: bool = False
+# What the rules read of a strategy, a codec and a training mode class: their declared properties only.
+class Strategy(Protocol):
+    registered_name: str
+    buffers_updates: bool
+    aggregates_by_mean: bool
 
 
-#: The traits of each mechanism, by its ``privacy:`` section.
-MECHANISMS: dict[str, MechanismTraits] = {
-    "secure_aggregation": MechanismTraits(
-        "secure aggregation", hides_updates=True, exact_on_integer_codes=True, carries_clip_count=True
-    ),
-    "homomorphic_encryption": MechanismTraits("homomorphic encryption", hides_updates=True),
-    "client_dp": MechanismTraits("client-level DP"),
-    "sample_dp": MechanismTraits("sample-level DP-SGD"),
-}
+class Codec(Protocol):
+    registered_name: str
+    sparsifies: bool
+    integer_bits: int | None
+
+
+class TrainingMode(Protocol):
+    registered_name: str
+    per_example_gradients: bool
+
+
+def mechanisms() -> dict[str, MechanismTraits]:
+    """The traits every registered privacy stage declares, by its ``privacy:`` section."""
+    from mpctf.privacy.stages import STAGES
+
+    return {name: STAGES.get(name).traits for name in STAGES}
 
 
 def _enabled(config: PrivacyConfig) -> dict[str, MechanismTraits]:
-    return {name: traits for name, traits in MECHANISMS.items() if getattr(config, name) is not None}
-
-
-def _hiding(config: PrivacyConfig) -> MechanismTraits | None:
-    return next((t for t in _enabled(config).values() if t.hides_updates), None)
+    return {name: traits for name, traits in mechanisms().items() if getattr(config, name) is not None}
 
 
 def incompatibilities(
@@ -83,6 +75,9 @@ def incompatibilities(
     if hidden is not None:
         problems.extend(_codec_problems(hidden, codecs, config))
     problems.extend(_dp_problems(config, hidden))
+    for traits in _enabled(config).values():
+        if traits.audits_party_level_dp and config.client_dp is None:
+            problems.append(f"the {traits.title} checks client-level DP's ledger; enable privacy.client_dp.")
     if config.sample_dp is not None and training_mode is not None and not training_mode.per_example_gradients:
         problems.append(
             f"sample-level DP-SGD needs Opacus's per-example gradients of the trainable layers, which training "

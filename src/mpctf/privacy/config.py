@@ -44,8 +44,22 @@ class SampleDpConfig(_Section):
     grad_sample_mode: Literal["hooks", "functorch", "ew"] = "hooks"
 
 
+class AuditParams(_Section):
+    """In-run empirical privacy estimation (``privacy.audit``): canaries that check client DP's ledger."""
+
+    #: Canaries inserted (each takes part in a round with the round's sampling rate).
+    canaries: int = Field(100, ge=2)
+    #: Directions never inserted: the empirical null.
+    unseen: int = Field(100, ge=2)
+    #: Coordinates the statistic reads at most (a random subset of the trainable state when it has more).
+    max_dim: int = Field(2**20, ge=1000)
+    #: Confidence of the lower bound: ``1 − alpha``.
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
 class PrivacyConfig(_Section):
     client_dp: ClientDpConfig | None = None
     sample_dp: SampleDpConfig | None = None
     secure_aggregation: SecAggParams | None = None
     homomorphic_encryption: CkksParams | None = None
+    audit: AuditParams | None = None

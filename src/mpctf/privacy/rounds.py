@@ -10,7 +10,7 @@ Who holds what (the wiring's decisions, see ``docs/privacy.md``):
 - secure aggregation: every selected party holds its own round keys and seeds; the server routes messages;
 - CKKS: the first party (by name) creates the secret context and seals it to every other party's X25519 key;
   the server gets only the public context, so it adds ciphertexts but cannot decrypt; one surviving party
-  decrypts the round's weighted mean for the server.
+  decrypts the round's sum for the server.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ HE_KEY = "he_key"
 HE_CONTEXT = "he_context"
 HE_INSTALL = "he_install"
 HE_DECRYPT = "he_decrypt"
-#: Every op a party's privacy stage answers (training itself stays ``train``).
-OPS = frozenset({SECAGG_ADVERTISE, SECAGG_SHARE, SECAGG_UNMASK, HE_KEY, HE_CONTEXT, HE_INSTALL, HE_DECRYPT})
 
 #: Tensor names of a hidden update inside :class:`~mpctf.messages.Update` (never a trainable-state key).
 MASKED = "secagg.masked"

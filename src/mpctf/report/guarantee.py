@@ -34,8 +34,32 @@ def guarantee_lines(setup: Record | None, rounds: list[Record], parties: list[Re
             f"Sample-level DP-SGD: every training row of a party is protected with ε ≤ {worst:.3g} (the largest "
             "party ε Opacus reported), against anyone who sees that party's updates or the model."
         )
+    lines += _audit_lines(accounted)
     lines += _warnings(setup, accounted, parties)
     return [*lines, ""] if lines else []
+
+
+def _audit_lines(accounted: list[Record]) -> list[str]:
+    """The empirical estimate next to the ledger's ε, and a loud line if the run contradicts its ledger."""
+    audited = [r for r in accounted if "audit_epsilon_estimate" in r]
+    if not audited:
+        return []
+    last = audited[-1]
+    low, high = last["audit_epsilon_interval"]
+    lines = [
+        f"Empirical check ({last['audit_canaries_inserted']} canaries, in-run estimation): ε̂ = "
+        f"{last['audit_epsilon_estimate']:.3g} (95 % interval {low:.3g}–{high:.3g}), lower bound "
+        f"{last['audit_epsilon_lower_bound']:.3g} with 95 % confidence, against the ledger's ε = "
+        f"{last['dp_epsilon']:.3g}."
+    ]
+    violated = [r["round"] for r in audited if r.get("audit_violated")]
+    if violated:
+        lines.append(
+            f"PRIVACY ACCOUNTING VIOLATED in round(s) {', '.join(map(str, violated))}: the run leaked more than "
+            "its ledger says (a lower bound or a whole estimate interval above the ledger's ε); do not rely on "
+            "the ε above."
+        )
+    return lines
 
 
 def _client_dp_sentence(last: Record, mechanism: str, hidden: bool) -> str:

@@ -65,10 +65,11 @@ def _privacy_section(records: list[Record], rounds: list[Record], parties: list[
                     else "."
                 )
             )
-        if "he_setup_seconds" in setup:
+        if "homomorphic_encryption_setup_seconds" in setup:
             lines.append(
                 f"CKKS key setup (party {setup['he_key_holder']} sealed the secret context to the others): "
-                f"{setup['he_setup_seconds']:.1f} s, {_mb(setup['he_setup_bytes'])} MB, public context "
+                f"{setup['homomorphic_encryption_setup_seconds']:.1f} s, "
+                f"{_mb(setup['homomorphic_encryption_setup_bytes'])} MB, public context "
                 f"{_mb(setup['he_public_context_bytes'])} MB."
             )
         lines += [

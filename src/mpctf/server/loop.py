@@ -175,7 +175,9 @@ class RoundLoop:
         # A party is only sent work once it is planned (one that was down at planning time is not).
         reachable = [p for p in self.backend.party_names() if p in plans]
         secret = self.privacy is not None and self.privacy.secret_selection
-        selected = select_parties(reachable, fed.parties_per_round, self.config.seed, round_num, secret=secret)
+        selected = select_parties(
+            reachable, fed.parties_per_round, self.config.seed, round_num, secret=secret
+        )
         if len(selected) < fed.min_parties:
             raise FederationError(
                 f"round {round_num}: only {len(selected)} parties reachable, federation.min_parties={fed.min_parties}"
