@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mpctf.errors import ConfigError
+from mpctf.textfile import read_utf8
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _AMBIGUOUS_TAG = "tag:mpctf:ambiguous-boolean"
@@ -113,17 +114,7 @@ def read_text(path: Path, what: str) -> str:
     if not path.is_file():
         kind = " (a folder)" if path.is_dir() else ""
         raise ConfigError(f"{what} not found: {path}{kind}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
-        ) from None
+    return read_utf8(path, ConfigError)
 
 
 def load_yaml(path: Path, what: str = "config file") -> Any:

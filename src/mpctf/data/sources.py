@@ -24,6 +24,7 @@ import yaml
 
 from mpctf.config import DatasetConfig
 from mpctf.errors import DataError
+from mpctf.textfile import read_utf8
 
 Row = dict[str, str]
 
@@ -156,9 +157,9 @@ def read_file(path: Path) -> list[Row]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     if path.suffix == ".csv":
-        return _csv_rows(path, _utf8(path))
+        return _csv_rows(path, read_utf8(path, DataError))
     if path.suffix in (".jsonl", ".json"):
-        return [_json_row(path, n, line) for n, line in json_lines(_utf8(path))]
+        return [_json_row(path, n, line) for n, line in json_lines(read_utf8(path, DataError))]
     raise DataError(f"{path}: unsupported data format {path.suffix!r}; use .csv or .jsonl")
 
 
@@ -168,19 +169,6 @@ def json_lines(text: str) -> list[tuple[int, str]]:
     Records are separated by ``\n`` alone (a ``\r`` before it is whitespace to JSON): ``str.splitlines`` would
     also split inside strings at characters JSON allows there unescaped, such as U+0085 or U+2028."""
     return [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-
-
-def _utf8(path: Path) -> str:
-    """The file's text (a leading byte-order mark dropped); ``DataError`` naming ``file:line`` if not UTF-8."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def _csv_rows(path: Path, text: str) -> list[Row]:
