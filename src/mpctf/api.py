@@ -71,9 +71,6 @@ def run(
     in ``run_dir`` from its last completed round.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
-    from mpctf.launch.remote import check_hosts
-
-    check_hosts(cfg)
     target = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     if cfg.backend.name == "flower":
         from mpctf.launch.federation import run_flower

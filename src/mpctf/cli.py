@@ -136,11 +136,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @friendly
 def validate(config: ConfigArg) -> None:
-    """Check a config: every problem on its own line, exit code 2 if any."""
+    """Check a config as launch would (model, data, rules): every problem on its own line, exit code 2 if any."""
     from mpctf.config import load_config
 
     cfg = load_config(config)
     check_run_dir(cfg, None)
+    preflight_or_fail(cfg)
     out.print(
         f"{config}: valid ({len(cfg.parties)} parties, {cfg.federation.rounds} rounds, "
         f"strategy {cfg.federation.strategy.name}, backend {cfg.backend.name})"
@@ -162,6 +163,14 @@ def plan(
         out.print_json(json.dumps({name: vars(p) for name, p in plans.items()}))
         return
     out.print(plan_table(list(plans.values())))
+
+
+def preflight_or_fail(config: Any) -> None:
+    """``ConfigError`` listing every problem :func:`mpctf.preflight.preflight` finds (what launch would hit)."""
+    from mpctf.preflight import preflight
+
+    if problems := preflight(config):
+        raise ConfigError("\n".join(problems))
 
 
 def check_run_dir(config: Any, run_dir: Path | None) -> None:
@@ -231,6 +240,7 @@ def launch(
         check_run_dir(cfg, run_dir)
     else:
         raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
+    preflight_or_fail(cfg)
     try:
         out.print(plan_table(list(local_plans(cfg).values())))
     except MpctfError as exc:  # parties' data may live on other hosts; the server plans from their reports

@@ -508,9 +508,11 @@ def load_config(source: str | Path | dict[str, Any], *, party: str | None = None
     if misused:
         raise ConfigError("\n".join(misused))
     config = _resolve_paths(config, base)
-    problems = _check_plugins(config) + _check_paths(config, party)
-    if not problems:
-        problems = _check_privacy(config)
+    plugins = _check_plugins(config)
+    # Privacy rules read the strategy's and codecs' declared properties: only once their names are known.
+    problems = plugins + _check_paths(config, party) + _check_hosts(config)
+    if not plugins:
+        problems += _check_privacy(config)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
@@ -650,6 +652,17 @@ def _check_plugins(config: RunConfig) -> list[str]:
         except ValueError as exc:
             problems.extend(str(exc).splitlines())
     return problems
+
+
+def _check_hosts(config: RunConfig) -> list[str]:
+    """Parties on other machines are started over SSH by the Flower launcher only."""
+    hosted = [p.name for p in config.parties if p.host is not None]
+    if hosted and config.backend.name != "flower":
+        return [
+            f"config key `parties[].host`: parties {', '.join(hosted)} name a host, which needs "
+            f"`backend.name: flower` (got {config.backend.name!r})"
+        ]
+    return []
 
 
 def _check_privacy(config: RunConfig) -> list[str]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mpctf.config import DatasetConfig, HostConfig, RunConfig, dump_config
-from mpctf.errors import ConfigError, LaunchError
+from mpctf.errors import LaunchError
 from mpctf.launch.certs import Certificates, create_certificates
 from mpctf.launch.flower_local import reviving, run_federation
 from mpctf.launch.flower_services import (
@@ -203,13 +203,3 @@ def run_with_hosts(
         )
     tail.poll()
     return _result(run_dir, settings.get("resume") == "true")
-
-
-def check_hosts(config: RunConfig) -> None:
-    """``ConfigError`` when parties name a host but the backend cannot start them there."""
-    hosted = [p.name for p in config.parties if p.host is not None]
-    if hosted and config.backend.name != "flower":
-        raise ConfigError(
-            f"parties {', '.join(hosted)} name a `host`, which needs `backend.name: flower` "
-            f"(got {config.backend.name!r})"
-        )
