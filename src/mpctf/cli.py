@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -427,8 +428,23 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show
     out.print(f"wrote {render_report(run_dir, strict=True)}")
 
 
+def _quiet_libraries() -> None:
+    """Keep third-party deprecation notices and progress bars out of normal output: users cannot act on them.
+
+    Set through the environment, so the party and Flower processes started from here inherit it; a setting the
+    user made wins."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "PYTHONWARNINGS" not in os.environ:
+        os.environ["PYTHONWARNINGS"] = "ignore::FutureWarning,ignore::DeprecationWarning"
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _quiet_libraries()
     sys.exit(app())
 
 

@@ -110,12 +110,14 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     fig, ax = plt.subplots(figsize=(5, 3.2))
     scored = [r for r in rounds if "accuracy" in r]
     ax.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], marker="o")
     ax.set(xlabel="round", ylabel="accuracy", title="Global accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=100)
@@ -134,6 +136,7 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
             label=f"train {name}",
         )
     ax.set(xlabel="round", ylabel="loss", title="Loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
