@@ -183,3 +183,14 @@ def test_output_dir_or_run_dir_that_is_a_file(tmp_path: Path) -> None:
     cfg = _write(tmp_path, tiny_config_dict(tmp_path))
     line = _one_error(runner.invoke(app, ["launch", str(cfg), "--run-dir", str(tmp_path / "f" / "run")]), 2)
     assert line == f"error: --run-dir: {tmp_path / 'f'} is a file, not a folder"
+
+
+@pytest.mark.parametrize("command", ["launch", "server"])
+def test_launch_and_server_resume_the_same_way(tmp_path: Path, command: str) -> None:
+    """Both take `--resume RUN_DIR` (the config the run recorded) and refuse a folder that is not a run."""
+    result = runner.invoke(app, [command, "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a run directory (no config.yaml)" in result.output
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config_dict(tmp_path)))
+    other = tmp_path / "other"
+    result = runner.invoke(app, [command, "--resume", str(tmp_path), "--run-dir", str(other)])
+    assert result.exit_code == 2 and "name different run directories" in result.output

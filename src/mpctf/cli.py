@@ -166,6 +166,26 @@ def plan(
     out.print(plan_table(list(plans.values())))
 
 
+def config_and_run_dir(
+    config: Path | None, resume: Path | None, run_dir: Path | None
+) -> tuple[Any, Path | None]:
+    """The config and run directory of ``launch`` and ``server``: a new run from CONFIG (in ``--run-dir``, or a new
+    folder under ``output_dir`` when ``None``), or ``--resume RUN_DIR`` with the config the run recorded."""
+    from mpctf.config import load_config
+
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {resume} is not a run directory (no config.yaml)")
+        if run_dir is not None and run_dir.resolve() != resume.resolve():
+            raise ConfigError(f"--run-dir {run_dir} and --resume {resume} name different run directories")
+        return load_config(resume / "config.yaml"), resume
+    if config is None:
+        raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
+    cfg = load_config(config)
+    check_run_dir(cfg, run_dir)
+    return cfg, run_dir
+
+
 def preflight_or_fail(config: Any) -> None:
     """``ConfigError`` listing every problem :func:`mpctf.preflight.preflight` finds (what launch would hit)."""
     from mpctf.preflight import preflight
@@ -227,20 +247,10 @@ def launch(
 ) -> None:
     """Start the whole federation (server and every party), show progress, tear everything down at the end."""
     from mpctf.api import run
-    from mpctf.config import load_config
-    from mpctf.errors import ConfigError
     from mpctf.party.planning import local_plans
     from mpctf.report.progress import ProgressView
 
-    if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            raise ConfigError(f"--resume: {resume} is not a run directory (no config.yaml)")
-        cfg, target = load_config(resume / "config.yaml"), resume
-    elif config is not None:
-        cfg, target = load_config(config), run_dir
-        check_run_dir(cfg, run_dir)
-    else:
-        raise ConfigError("give a CONFIG file, or --resume RUN_DIR")
+    cfg, target = config_and_run_dir(config, resume, run_dir)
     preflight_or_fail(cfg)
     try:
         out.print(plan_table(list(local_plans(cfg).values())))
@@ -262,7 +272,7 @@ def launch(
 @app.command()
 @friendly
 def server(
-    config: ConfigArg,
+    config: Annotated[Path | None, typer.Argument(help="The run's YAML config.", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address the SuperLink listens on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="Port the SuperLink listens on.")] = 9093,
     certs_dir: Annotated[
@@ -278,24 +288,26 @@ def server(
         ),
     ] = False,
     run_dir: Annotated[Path | None, typer.Option(help="Where to write the run.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue RUN_DIR from its last completed round.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this run directory from its last round (as `launch --resume`)."),
+    ] = None,
 ) -> None:
     """Start only the server side; parties join with `mpctf party` from their own hosts."""
     from mpctf.api import new_run_dir
-    from mpctf.config import load_config
     from mpctf.errors import ConfigError
     from mpctf.launch.federation import serve_server
     from mpctf.report.progress import ProgressView
     from mpctf.report.render import render_report
 
-    cfg = load_config(config)
+    cfg, chosen = config_and_run_dir(config, resume, run_dir)
     if certs_dir is None and host not in ("127.0.0.1", "localhost", "::1") and not insecure:
         raise ConfigError(
             f"--host {host}: parties on other hosts need TLS and party keys; pass --certs DIR (from `mpctf certs`), "
             "or --insecure on a trusted network"
         )
-    check_run_dir(cfg, run_dir)
-    target = run_dir or new_run_dir(cfg)
+    preflight_or_fail(cfg)
+    target = chosen or new_run_dir(cfg)
     keys = _party_keys(certs_dir, cfg.party_names)
     with ProgressView(cfg.federation.rounds, err) as view:
         result = serve_server(
@@ -305,7 +317,7 @@ def server(
             port=port,
             tls=_server_tls(certs_dir),
             party_public_keys=keys,
-            resume=resume,
+            resume=resume is not None,
             listeners=[view],
         )
     render_report(target)
