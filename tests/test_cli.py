@@ -194,3 +194,39 @@ def test_launch_and_server_resume_the_same_way(tmp_path: Path, command: str) -> 
     other = tmp_path / "other"
     result = runner.invoke(app, [command, "--resume", str(tmp_path), "--run-dir", str(other)])
     assert result.exit_code == 2 and "name different run directories" in result.output
+
+
+def test_a_launch_that_fails_before_any_round_leaves_no_empty_run_directory(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mpctf import api
+    from mpctf.errors import FederationError
+
+    def fail(cfg, *, run_dir, **kwargs):
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "config.yaml").write_text("name: x\n")
+        raise FederationError("round 1: only 0 parties reachable")
+
+    monkeypatch.setattr(api, "run", fail)
+    result = runner.invoke(app, ["launch", str(_write(tmp_path, tiny_config_dict(tmp_path)))])
+    assert result.exit_code == 5 and "no round completed, the run directory was removed" in result.output
+    assert not any((tmp_path / "runs").glob("*"))
+
+
+def test_an_interrupted_launch_names_its_run_directory_and_the_resume_command(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mpctf import api
+
+    def interrupted(cfg, *, run_dir, **kwargs):
+        (Path(run_dir) / "checkpoints").mkdir(parents=True)
+        (Path(run_dir) / "checkpoints" / "latest.json").write_text('{"round": 1, "path": "round-0001"}')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "run", interrupted)
+    run_dir = tmp_path / "the-run"
+    result = runner.invoke(
+        app, ["launch", str(_write(tmp_path, tiny_config_dict(tmp_path))), "--run-dir", str(run_dir)]
+    )
+    assert result.exit_code == 130
+    assert f"continue with: mpctf launch --resume {run_dir}" in " ".join(result.output.split())

@@ -186,6 +186,25 @@ def config_and_run_dir(
     return cfg, run_dir
 
 
+def _stopped_run(exc: BaseException, run_dir: Path, *, remove_if_empty: bool) -> MpctfError:
+    """The error a stopped launch ends with: where its completed rounds are and the command that continues them,
+    or, when it completed none, a run directory it made itself removed (only its logs would be lost: kept)."""
+    import shutil
+
+    completed = (run_dir / "checkpoints" / "latest.json").is_file()
+    if completed:
+        where = f"; completed rounds are kept in {run_dir}; continue with: mpctf launch --resume {run_dir}"
+    elif remove_if_empty and run_dir.is_dir() and not any((run_dir / "logs").glob("*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        where = "; no round completed, the run directory was removed"
+    else:
+        where = f"; no round completed (logs in {run_dir})" if run_dir.is_dir() else ""
+    if isinstance(exc, MpctfError):
+        exc.args = (f"{exc}{where}",)
+        return exc
+    return Interrupted(f"interrupted; processes stopped{where}")
+
+
 def preflight_or_fail(config: Any) -> None:
     """``ConfigError`` listing every problem :func:`mpctf.preflight.preflight` finds (what launch would hit)."""
     from mpctf.preflight import preflight
@@ -246,7 +265,7 @@ def launch(
     ] = None,
 ) -> None:
     """Start the whole federation (server and every party), show progress, tear everything down at the end."""
-    from mpctf.api import run
+    from mpctf.api import new_run_dir, run
     from mpctf.party.planning import local_plans
     from mpctf.report.progress import ProgressView
 
@@ -256,8 +275,13 @@ def launch(
         out.print(plan_table(list(local_plans(cfg).values())))
     except MpctfError as exc:  # parties' data may live on other hosts; the server plans from their reports
         err.print(f"(no local plan: {exc})")
-    with ProgressView(cfg.federation.rounds, err) as view:
-        result = run(cfg, run_dir=target, resume=resume is not None, listeners=[view])
+    target = target or new_run_dir(cfg)
+    fresh = not target.exists()
+    try:
+        with ProgressView(cfg.federation.rounds, err) as view:
+            result = run(cfg, run_dir=target, resume=resume is not None, listeners=[view])
+    except (MpctfError, KeyboardInterrupt) as exc:
+        raise _stopped_run(exc, target, remove_if_empty=fresh) from None
     out.print(f"run directory: {result.run_dir}")
     # A resumed run's result holds only the rounds it ran: no round 0, so no "before training".
     before = result.initial_accuracy
