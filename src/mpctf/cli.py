@@ -464,6 +464,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show
     out.print(f"wrote {render_report(run_dir, strict=True)}")
 
 
+@app.command()
+@friendly
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    out_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT", help="Folder to write the model into (new or empty).", show_default=False
+        ),
+    ],
+    round_num: Annotated[
+        int | None, typer.Option("--round", help="Export this round's checkpoint (default: the last one).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace OUT's contents if it is not empty.")
+    ] = False,
+) -> None:
+    """Write a standalone Hugging Face model folder (adapter merged into the base, or the full weights, and the
+    tokenizer) that transformers loads without MPCTF."""
+    from mpctf.export import export_model
+
+    done = export_model(run_dir, out_dir, round_num=round_num, force=force)
+    out.print(f"wrote {done.folder} ({done.kind}, round {done.round})")
+    out.print(f'load it with AutoModelForCausalLM.from_pretrained("{done.folder}")')
+
+
 def _quiet_libraries() -> None:
     """Keep third-party deprecation notices and progress bars out of normal output: users cannot act on them.
 

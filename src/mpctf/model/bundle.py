@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mpctf.config import RunConfig, TrainingConfig
 from mpctf.errors import ConfigError
-from mpctf.model.loading import load_tokenizer
+from mpctf.model.loading import base_folder, load_tokenizer
 from mpctf.model.modes import MODES, TrainingMode
 
 
@@ -29,6 +30,8 @@ class ModelBundle:
     mode: TrainingMode
     device: torch.device
     load_seconds: float
+    #: The run's seed: random base weights (``tiny-llama``) and initial trainable state are drawn from it.
+    seed: int = 0
 
     @classmethod
     def load(cls, config: RunConfig, training: TrainingConfig | None = None) -> ModelBundle:
@@ -48,7 +51,14 @@ class ModelBundle:
             raise ConfigError(f"config key `{key}`: {reason}") from None
         device = pick_device()
         mode.place(model, device)
-        return cls(model, tokenizer, mode, device, time.perf_counter() - start)
+        return cls(model, tokenizer, mode, device, time.perf_counter() - start, seed=config.seed)
+
+    def base_folder(self, run_dir: Path) -> str:
+        """A local folder (or cached id) holding exactly this bundle's base weights; see
+        :func:`mpctf.model.loading.base_folder`."""
+        return base_folder(
+            self.mode.model_config, seed=self.seed, vocab_size=len(self.tokenizer), run_dir=run_dir
+        )
 
     @property
     def pad_id(self) -> int:

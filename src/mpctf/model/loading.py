@@ -4,11 +4,16 @@
 cached Hugging Face folder (about 16 s), after which loads take well under a second. ``tiny-llama`` is a random
 2-layer Llama with the SmolLM2 tokenizer, for tests. Anything else must be a local folder or a model already in
 the local Hugging Face cache: nothing is downloaded. ``model.num_layers`` keeps only the first decoder layers.
+
+:func:`base_folder` names a folder holding exactly the base a run trains on, so that a saved adapter's
+``base_model_name_or_path`` loads offline with ``AutoPeftModelForCausalLM`` (the tiny model and cut models are
+saved once for that).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -133,6 +138,67 @@ def load_model(
     if config.num_layers is not None:
         keep_first_layers(model, config.num_layers)
     return model
+
+
+#: Base folders already checked in this process against a fresh build.
+_VERIFIED: set[Path] = set()
+
+
+def base_folder(config: ModelConfig, *, seed: int, vocab_size: int, run_dir: Path) -> str:
+    """A local folder (or a cached Hugging Face id) from which ``AutoModelForCausalLM.from_pretrained`` loads,
+    offline, the very base weights :func:`load_model` builds: what an adapter records as its base.
+
+    SmolLM2 and a model given as a folder or id are their own folder. A built-in model that exists only after
+    building (``tiny-llama`` from its seed, the first ``num_layers`` of SmolLM2) is saved once under the cache,
+    a cut of any other model into ``run_dir/base-model``; a saved folder is reused only if its weights equal a
+    fresh build, once per process. The folders hold the tokenizer too; weights are float32 (the configured
+    dtype is a cast of them)."""
+    if config.num_layers is None and config.name != TINY:
+        if config.name == SMOLLM2:
+            return str(smollm2_folder())
+        return str(Path(config.name).resolve()) if Path(config.name).is_dir() else config.name
+    if config.name in (SMOLLM2, TINY):
+        cut = f"-first{config.num_layers}" if config.num_layers is not None else ""
+        seeded = f"-seed{seed}-vocab{vocab_size}" if config.name == TINY else ""
+        target = cache_root() / "models" / f"{config.name}{seeded}{cut}"
+    else:
+        target = run_dir / "base-model"
+    return str(_materialise(target, config, seed=seed, vocab_size=vocab_size))
+
+
+def _materialise(target: Path, config: ModelConfig, *, seed: int, vocab_size: int) -> Path:
+    if target in _VERIFIED and (target / "config.json").is_file():
+        return target
+    model = load_model(config.model_copy(update={"dtype": "float32"}), seed=seed, vocab_size=vocab_size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (or test workers) may ask at once; one writes, the others wait and then find it whole.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _holds(target, model):
+            partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            model.save_pretrained(partial)  # type: ignore[operator]
+            load_tokenizer(config.name).save_pretrained(partial)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+    _VERIFIED.add(target)
+    return target
+
+
+def _holds(folder: Path, model: torch.nn.Module) -> bool:
+    """Whether ``folder``'s single weights file has every tensor of ``model`` (tied ones once), value for value."""
+    weights = folder / "model.safetensors"
+    if not (folder / "config.json").is_file() or not weights.is_file():
+        return False
+    from safetensors.torch import load_file
+
+    saved, own = load_file(weights), model.state_dict()
+    distinct = {t.data_ptr() for t in own.values()}
+    return (
+        saved.keys() <= own.keys()
+        and len(saved) >= len(distinct)
+        and all(torch.equal(t, own[k]) for k, t in saved.items())
+    )
 
 
 def _from_folder(

@@ -1,6 +1,8 @@
 """Checkpoints: after every completed round, the global state (also in PEFT format) and the server's state.
 
 A crash costs at most the round in flight: ``latest`` is replaced atomically only after a checkpoint is whole.
+A saved PEFT adapter records as ``base_model_name_or_path`` a local folder holding exactly the run's base, so
+``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`` loads it offline.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def save_checkpoint(
     adapter."""
     folder = round_dir(run_dir, ckpt.round)
     folder.mkdir(parents=True, exist_ok=True)
+    _record_base(bundle, run_dir)
     bundle.mode.save(
         bundle.model, ckpt.global_state if model_state is None else model_state, folder / "adapter"
     )
@@ -71,6 +74,29 @@ def save_checkpoint(
     pointer_tmp.write_text(json.dumps({"round": ckpt.round, "path": folder.name}))
     os.replace(pointer_tmp, pointer)
     return folder
+
+
+def _record_base(bundle: ModelBundle, run_dir: Path) -> None:
+    """Point the PEFT config(s) the adapter is saved with at the base's local folder (PEFT would record the
+    base's own name: none for a model built in memory, the uncut folder for a cut one)."""
+    from peft import PeftModel
+
+    if isinstance(bundle.model, PeftModel):
+        base = bundle.base_folder(run_dir)
+        for peft_config in bundle.model.peft_config.values():
+            peft_config.base_model_name_or_path = base
+
+
+def latest_round(run_dir: Path) -> int | None:
+    """The round ``checkpoints/latest.json`` points at, or ``None`` when the run has no checkpoint yet."""
+    pointer = run_dir / "checkpoints" / "latest.json"
+    return int(json.loads(pointer.read_text())["round"]) if pointer.is_file() else None
+
+
+def checkpoint_rounds(run_dir: Path) -> list[int]:
+    """The rounds with a checkpoint folder, in order."""
+    names = (p.name for p in (run_dir / "checkpoints").glob("round-*") if p.is_dir())
+    return sorted(int(n.removeprefix("round-")) for n in names if n.removeprefix("round-").isdigit())
 
 
 def load_latest(run_dir: Path) -> Checkpoint | None:
