@@ -236,7 +236,8 @@ class TrainingConfig(Strict):
 
 class TaskConfig(Strict):
     #: How rows become training examples and how the model is scored: ``classification`` (a verbalizer),
-    #: ``instruction`` (chat fine-tuning, exact match) or ``causal_lm`` (packed raw text, perplexity).
+    #: ``instruction`` (chat fine-tuning, exact match), ``chat`` (conversations, every assistant turn trained on)
+    #: or ``causal_lm`` (packed raw text, perplexity).
     type: str = "classification"
     #: classification: the prompt; instruction: the user's message. Filled from the row's fields.
     prompt: str = "{text}"
@@ -247,10 +248,12 @@ class TaskConfig(Strict):
     labels: Annotated[dict[str, str], Field(min_length=2)] | None = None
     #: instruction: the field holding the answer the model should give.
     answer_field: str = "answer"
-    #: instruction: a system message; without one the chat template's default applies.
+    #: instruction, chat: a system message (chat: for conversations without one); else the template's default.
     system: str | None = None
-    #: instruction: tokens generated per held-out question when scoring exact match.
+    #: instruction, chat: tokens generated per held-out question when scoring exact match.
     max_new_tokens: PositiveInt = 32
+    #: chat: the field holding each row's conversation, ``[{role, content}, ...]``.
+    messages_field: str = "messages"
 
     @field_validator("prompt")
     @classmethod
@@ -278,7 +281,7 @@ class TaskConfig(Strict):
 
 
 class DatasetConfig(Strict):
-    """Either a built-in dataset or a file of the party's own (CSV or JSON Lines)."""
+    """Either a built-in dataset or a party's own file: JSON Lines, CSV, Parquet or a ``save_to_disk`` folder."""
 
     builtin: Literal["rotten_tomatoes", "chatterbot", "austen"] | None = None
     path: Path | None = None
@@ -730,7 +733,10 @@ def _check_paths(config: RunConfig, party: str | None = None) -> list[str]:
         if p in own
     ]
     return [
-        f"config key `{key}`: file not found: {path}" for key, path in checks if path and not path.is_file()
+        # `exists`: a data path may be a folder written by `Dataset.save_to_disk`.
+        f"config key `{key}`: file not found: {path}"
+        for key, path in checks
+        if path and not path.exists()
     ]
 
 

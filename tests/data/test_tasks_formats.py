@@ -168,7 +168,7 @@ def test_instruction_evaluate_scores_greedy_replies(tokenizer) -> None:
 
 # --- registry and config ---------------------------------------------------------------------------------
 def test_make_task_builds_the_configured_format(tmp_path: Path, tokenizer) -> None:
-    assert TASKS.names() == ["causal_lm", "classification", "instruction"]
+    assert TASKS.names() == ["causal_lm", "chat", "classification", "instruction"]
     task = make_task(load_config(tiny_config_dict(tmp_path)), tokenizer)
     assert isinstance(task, ClassificationTask) and task.max_length == 64
     cfg = tiny_config_dict(tmp_path, task={"type": "causal_lm", "text_field": "text"})
@@ -189,7 +189,7 @@ def test_make_task_builds_the_configured_format(tmp_path: Path, tokenizer) -> No
         ),
         (
             {"type": "classify"},
-            "config key `task`: `type`: unknown task type 'classify'; known: causal_lm, classification",
+            "config key `task`: `type`: unknown task type 'classify'; known: causal_lm, chat, classification",
         ),
         ({"type": "causal_lm", "max_new_tokens": 3}, "`max_new_tokens` has no effect with type 'causal_lm'"),
     ],

@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 
 from mpctf.config import RunConfig
-from mpctf.data.sources import Row, filter_rows, load_rows, read_file
+from mpctf.data.sources import Row, Rows, filter_rows, load_rows, read_file, take
 from mpctf.data.splits import assign_to_parties
 from mpctf.errors import DataError
 
@@ -48,11 +48,11 @@ class FederatedData:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self._shared: list[Row] | None = None
+        self._shared: Rows | None = None
         self._train: list[int] = []
         self._test: list[int] = []
 
-    def _load_shared(self) -> list[Row]:
+    def _load_shared(self) -> Rows:
         if self._shared is None:
             ds = self.config.data.dataset
             if ds is None:
@@ -65,7 +65,7 @@ class FederatedData:
                 )
         return self._shared
 
-    def eval_rows(self) -> list[Row]:
+    def eval_rows(self) -> Rows:
         """The server's held-out evaluation rows (at most ``data.eval.max_samples``, a seeded sample)."""
         ev = self.config.data.eval
         if ev.path is not None:
@@ -74,14 +74,15 @@ class FederatedData:
             shared = self._load_shared()
             if not shared:
                 raise DataError("data.eval: no shared dataset to hold out test rows from; set data.eval.path")
-            rows = [shared[i] for i in self._test]
+            rows = take(shared, self._test)
         if ev.where:
             rows = filter_rows(rows, ev.where, "data.eval")
         if ev.max_samples is not None and len(rows) > ev.max_samples:
-            rows = random.Random(f"eval:{self.config.seed}").sample(rows, ev.max_samples)
+            picked = random.Random(f"eval:{self.config.seed}").sample(range(len(rows)), ev.max_samples)
+            rows = take(rows, picked)
         return rows
 
-    def party_rows(self, party: str) -> list[Row]:
+    def party_rows(self, party: str) -> Rows:
         """The training rows of one party: its own files, or its share of the shared dataset."""
         spec = self.config.party(party)
         if spec.data is not None:
@@ -89,7 +90,7 @@ class FederatedData:
         shared = self._load_shared()
         sharing = [p.name for p in self.config.parties if p.data is None]
         split = self.config.data.split
-        train_rows = [shared[i] for i in self._train]
+        train_rows = take(shared, self._train)
         labels = [r.get(self.config.task.label_field, "") for r in train_rows]
         # `key` names the row field that groups rows; the split method itself only sees the key values.
         params = dict(split.params)
@@ -109,7 +110,7 @@ class FederatedData:
             )
         except ValueError as exc:
             raise DataError(f"data.split: {exc}") from None
-        rows = [train_rows[i] for i in shares[sharing.index(party)]]
+        rows = take(train_rows, shares[sharing.index(party)])
         if not rows:
             raise DataError(
                 f"party {party!r} received no rows from data.split; use fewer parties or another split"

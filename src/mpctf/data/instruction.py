@@ -1,4 +1,5 @@
-"""Instruction (chat) fine-tuning: question → answer pairs rendered with the model's own chat template.
+"""Instruction (chat) fine-tuning, rendered with the model's own chat template: question → answer pairs
+(``instruction``), or whole conversations, ``messages: [{role, content}, ...]`` (``chat``).
 
 The loss covers only the answer tokens (the assistant's reply and its end-of-turn token), as in supervised
 fine-tuning of chat models (Ouyang et al., 2022). Held-out pairs are scored two ways: ``eval_loss``, the mean
@@ -44,17 +45,16 @@ def until_stop(ids: Sequence[int], stop: int) -> list[int]:
     return ids[: ids.index(stop)] if stop in ids else ids
 
 
-@TASKS.register("instruction")
-class InstructionTask(Task):
-    """A user message filled from ``task.prompt``, the assistant's reply from ``task.answer_field``."""
-
-    config_keys = ("prompt", "answer_field", "system", "max_new_tokens")
+class ChatTemplateTask(Task):
+    """What instruction and chat tuning share: conversations rendered with the model's chat template, one
+    supervised assistant reply per example, greedy replies scored by exact match."""
 
     def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
         super().__init__(config, tokenizer, max_length)
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DataError("task type 'instruction' needs a model whose tokenizer has a chat template")
-        self.fields = [f for _, f, _, _ in string.Formatter().parse(config.prompt) if f]
+            raise DataError(
+                f"task type {self.registered_name!r} needs a model whose tokenizer has a chat template"
+            )
         self.eos_id = int(tokenizer.eos_token_id)  # type: ignore[attr-defined]
 
     def _chat(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
@@ -63,20 +63,11 @@ class InstructionTask(Task):
         )
         return list(encoded["input_ids"])
 
-    def encode(self, row: Row, where: str) -> Example:
-        """Tokenize one pair: the templated prompt, then the answer through its end-of-turn token."""
-        missing = [f for f in [*self.fields, self.config.answer_field] if f not in row]
-        if missing:
-            raise DataError(f"{where}: row lacks field(s) {', '.join(missing)}; it has {', '.join(row)}")
-        messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
-        messages.append(
-            {"role": "user", "content": self.config.prompt.format(**{f: row[f] for f in self.fields})}
-        )
+    def reply_example(self, messages: list[dict[str, str]], reply: str, where: str) -> Example:
+        """The conversation ``messages`` as the prompt, the assistant's ``reply`` (through its end-of-turn
+        token) as the supervised answer."""
         prompt = self._chat(messages, generation_prompt=True)
-        full = self._chat(
-            [*messages, {"role": "assistant", "content": row[self.config.answer_field]}],
-            generation_prompt=False,
-        )
+        full = self._chat([*messages, {"role": "assistant", "content": reply}], generation_prompt=False)
         if full[: len(prompt)] != prompt:
             raise DataError(
                 f"{where}: the model's chat template does not render the conversation as prompt + answer, "
@@ -87,9 +78,6 @@ class InstructionTask(Task):
         # Keep the end of the prompt (the question and the assistant header) when the pair is too long.
         prompt = prompt[-(self.max_length - len(answer)) :]
         return Example(input_ids=prompt + answer, prompt_len=len(prompt))
-
-    def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
-        return [self.encode(r, f"{where} row {i + 1}") for i, r in enumerate(rows)]
 
     def generate(
         self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device
@@ -134,3 +122,78 @@ class InstructionTask(Task):
                 for e in chunk
             ]
         return {"exact_match": exact_match(predictions, references), "eval_loss": nll_sum / max(count, 1)}
+
+
+@TASKS.register("instruction")
+class InstructionTask(ChatTemplateTask):
+    """A user message filled from ``task.prompt``, the assistant's reply from ``task.answer_field``."""
+
+    config_keys = ("prompt", "answer_field", "system", "max_new_tokens")
+
+    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
+        super().__init__(config, tokenizer, max_length)
+        self.fields = [f for _, f, _, _ in string.Formatter().parse(config.prompt) if f]
+
+    def encode(self, row: Row, where: str) -> Example:
+        """Tokenize one pair: the templated prompt, then the answer through its end-of-turn token."""
+        missing = [f for f in [*self.fields, self.config.answer_field] if f not in row]
+        if missing:
+            raise DataError(f"{where}: row lacks field(s) {', '.join(missing)}; it has {', '.join(row)}")
+        messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
+        messages.append(
+            {"role": "user", "content": self.config.prompt.format(**{f: row[f] for f in self.fields})}
+        )
+        return self.reply_example(messages, str(row[self.config.answer_field]), where)
+
+    def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
+        return [self.encode(r, f"{where} row {i + 1}") for i, r in enumerate(rows)]
+
+
+@TASKS.register("chat")
+class ChatTask(ChatTemplateTask):
+    """Conversations in ``task.messages_field`` (``[{role, content}, ...]``, as fine-tuning tools export them):
+    every assistant turn is trained on, given the conversation before it; everything else is masked.
+
+    A conversation with k assistant turns becomes k examples, the i-th with everything before the i-th
+    assistant turn as its prompt (an :class:`Example` supervises one contiguous span), so each turn is trained
+    on with the context the model would have had, and held-out replies are scored one by one.
+    """
+
+    config_keys = ("messages_field", "system", "max_new_tokens")
+
+    def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
+        examples = []
+        for i, row in enumerate(rows):
+            examples += self.encode_conversation(row, f"{where} row {i + 1}")
+        return examples
+
+    def encode_conversation(self, row: Row, where: str) -> list[Example]:
+        """One example per assistant turn of the row's conversation."""
+        messages = conversation(row, self.config.messages_field, where)
+        added = bool(self.config.system) and messages[0]["role"] != "system"
+        if added:
+            messages.insert(0, {"role": "system", "content": self.config.system})
+        return [
+            self.reply_example(messages[:t], m["content"], f"{where} message {t + 1 - added}")
+            for t, m in enumerate(messages)
+            if m["role"] == "assistant"
+        ]
+
+
+def conversation(row: Row, field: str, where: str) -> list[dict[str, str]]:
+    """The row's ``field`` as a list of ``{role, content}`` messages with at least one assistant turn (other
+    keys of a message, and null ones, are dropped); ``DataError`` naming ``where`` otherwise."""
+    if field not in row:
+        raise DataError(f"{where}: row lacks field {field!r}; it has {', '.join(row)}")
+    value = row[field]
+    shape = "a list of {role, content} objects"
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: {field!r} must be {shape}, got {type(value).__name__}")
+    messages = []
+    for n, m in enumerate(value, start=1):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: message {n} of {field!r} is not a {{role, content}} object with text")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation in {field!r} has no assistant turn to train on")
+    return messages

@@ -1,8 +1,9 @@
-"""Where rows come from: built-in datasets shipped inside packages, or a party's own CSV/JSONL files.
+"""Where rows come from: built-in datasets shipped inside packages, or a party's own data files.
 
-A row is a ``dict[str, str]``. Built-ins are found with ``importlib`` without importing their packages (their
-top-level imports need dependencies MPCTF does not install); the Jane Austen novels come from a Debian package
-unpacked into the cache folder. Each built-in is read once per process.
+A row is a ``dict[str, str]`` (nested values of a file, such as chat ``messages``, stay lists: see
+:mod:`mpctf.data.files`). Built-ins are found with ``importlib`` without importing their packages (their top-level
+imports need dependencies MPCTF does not install); the Jane Austen novels come from a Debian package unpacked
+into the cache folder. Each built-in is read once per process.
 """
 
 from __future__ import annotations
@@ -12,21 +13,20 @@ import csv
 import functools
 import gzip
 import importlib.util
-import io
-import json
 import os
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
 from mpctf.config import DatasetConfig
+from mpctf.data.files import ArrowRows, Row, read_dataset_file
 from mpctf.errors import DataError
-from mpctf.textfile import read_utf8
 
-Row = dict[str, str]
+#: Rows in memory (built-ins) or memory-mapped from a party's file (:class:`ArrowRows`).
+Rows = Sequence[Row]
 
 #: Variable name in the R package → the novel's title (the ``book`` field of every row).
 AUSTEN_NOVELS = {
@@ -152,68 +152,45 @@ BUILTINS: dict[str, Callable[[], list[Row]]] = {
 }
 
 
-def read_file(path: Path) -> list[Row]:
-    """Rows of a ``.csv`` (header line) or ``.jsonl`` (one object per line) file, values as strings."""
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    if path.suffix == ".csv":
-        return _csv_rows(path, read_utf8(path, DataError))
-    if path.suffix in (".jsonl", ".json"):
-        return [_json_row(path, n, line) for n, line in json_lines(read_utf8(path, DataError))]
-    raise DataError(f"{path}: unsupported data format {path.suffix!r}; use .csv or .jsonl")
+def read_file(path: Path) -> Rows:
+    """Rows of a party's data file (see :mod:`mpctf.data.files` for the formats), memory-mapped."""
+    return read_dataset_file(path, cache_root() / "datasets")
 
 
-def json_lines(text: str) -> list[tuple[int, str]]:
-    """The non-blank lines of JSON Lines text with their 1-based numbers.
-
-    Records are separated by ``\n`` alone (a ``\r`` before it is whitespace to JSON): ``str.splitlines`` would
-    also split inside strings at characters JSON allows there unescaped, such as U+0085 or U+2028."""
-    return [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-
-
-def _csv_rows(path: Path, text: str) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows: list[Row] = []
-    try:
-        for row in reader:
-            if None in row or None in row.values():
-                raise DataError(
-                    f"{path}:{reader.line_num}: the row's field count differs from the header's "
-                    f"{len(reader.fieldnames or [])}"
-                )
-            rows.append(row)
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
-    return rows
+def take(rows: Rows, indices: Sequence[int]) -> Rows:
+    """``rows`` at ``indices``; file rows stay memory-mapped."""
+    if isinstance(rows, ArrowRows):
+        return rows.select(indices)
+    return [rows[i] for i in indices]
 
 
-def _json_row(path: Path, n: int, line: str) -> Row:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}:{n}: each line must be a JSON object")
-    return {k: str(v) for k, v in obj.items()}
+def fields_of(rows: Rows) -> list[str]:
+    """The field names of the rows (of the first row, for rows in memory)."""
+    if isinstance(rows, ArrowRows):
+        return rows.fields
+    return list(rows[0]) if rows else []
 
 
-def filter_rows(rows: list[Row], where: dict[str, list[str]], name: str) -> list[Row]:
+def filter_rows(rows: Rows, where: dict[str, list[str]], name: str) -> Rows:
     """The rows whose field has one of the listed values, for every field of ``where``; ``DataError`` naming
     ``name`` when a field is unknown or nothing matches."""
+    fields = fields_of(rows)
     for field in where:
-        if rows and field not in rows[0]:
-            raise DataError(f"{name}: `where` names field {field!r}; rows have {', '.join(rows[0])}")
-    kept = [r for r in rows if all(r[f] in values for f, values in where.items())]
+        if rows and field not in fields:
+            raise DataError(f"{name}: `where` names field {field!r}; rows have {', '.join(fields)}")
+    # Only the `where` fields of file rows are read.
+    scanned = rows.iter_columns(where) if isinstance(rows, ArrowRows) else rows
+    kept = [i for i, r in enumerate(scanned) if all(r.get(f) in values for f, values in where.items())]
     if not kept:
         raise DataError(f"{name}: no row matches `where` {where}")
-    return kept
+    return take(rows, kept)
 
 
-def load_rows(dataset: DatasetConfig, seed: int) -> list[Row]:
+def load_rows(dataset: DatasetConfig, seed: int) -> Rows:
     """All rows of a dataset (those matching ``where``), or a deterministic sample of ``max_samples`` of them."""
     name = dataset.builtin or str(dataset.path)
     if dataset.builtin is not None:
-        rows = list(BUILTINS[dataset.builtin]())
+        rows: Rows = list(BUILTINS[dataset.builtin]())
     else:
         assert dataset.path is not None  # guaranteed by DatasetConfig's validator
         rows = read_file(dataset.path)
@@ -223,5 +200,5 @@ def load_rows(dataset: DatasetConfig, seed: int) -> list[Row]:
         rows = filter_rows(rows, dataset.where, f"dataset {name}")
     if dataset.max_samples is not None and dataset.max_samples < len(rows):
         picked = sorted(random.Random(seed).sample(range(len(rows)), dataset.max_samples))
-        rows = [rows[i] for i in picked]
+        rows = take(rows, picked)
     return rows
