@@ -79,7 +79,9 @@ def test_killed_server_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
     assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-2000:]
     # Normal output carries no third-party deprecation notices or progress bars (the CLI silences them).
     output = (tmp_path / "whole.log").read_text()
-    assert not any(noise in output for noise in ("FutureWarning", "DeprecationWarning", "Writing model shards"))
+    assert not any(
+        noise in output for noise in ("FutureWarning", "DeprecationWarning", "Writing model shards")
+    )
 
     starts = [r for r in read_metrics(killed / "metrics.jsonl") if r["event"] == "run_start"]
     assert starts[-1]["resumed_from"] >= 2
