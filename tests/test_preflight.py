@@ -71,3 +71,12 @@ def test_a_missing_file_does_not_hide_a_privacy_conflict(tmp_path: Path) -> None
     code, lines = _validate(tmp_path, cfg)
     text = "\n".join(lines)
     assert code == 2 and "missing.jsonl" in text and "enable only one" in text
+
+
+def test_a_schema_error_does_not_hide_a_missing_file(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["federation"]["rounds"] = "many"
+    cfg["parties"][0]["data"] = {"path": "nowhere.jsonl"}
+    code, lines = _validate(tmp_path, cfg)
+    text = "\n".join(lines)
+    assert code == 2 and "federation.rounds" in text and "parties.0.data.path" in text and "nowhere.jsonl" in text

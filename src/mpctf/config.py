@@ -506,7 +506,8 @@ def load_config(source: str | Path | dict[str, Any], *, party: str | None = None
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
         failed = {tuple(err["loc"]) for err in exc.errors()}
-        raise ConfigError("\n".join(problems + _bools_misused(RunConfig, raw, skip=failed))) from None
+        problems += _bools_misused(RunConfig, raw, skip=failed) + _raw_missing_files(raw, base, party)
+        raise ConfigError("\n".join(problems)) from None
     misused = _bools_misused(RunConfig, raw) + _plugin_bools_misused(config)
     if misused:
         raise ConfigError("\n".join(misused))
@@ -717,6 +718,37 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     return config.model_copy(
         update={"data": data, "parties": parties, "output_dir": fix(config.output_dir), "model": model}
     )
+
+
+def _raw_missing_files(raw: dict[str, Any], base: Path, party: str | None) -> list[str]:
+    """Data files that do not exist, read from a config that failed its schema: a schema error must not hide
+    them (the same lines :func:`_check_paths` gives a valid config; a party's remote ``host`` is not known yet,
+    so every party's file is checked unless ``party`` names one)."""
+
+    def path_at(*keys: Any) -> Any:
+        node: Any = raw
+        for key in keys:
+            present = key in node if isinstance(node, dict) else isinstance(node, list) and key < len(node)
+            if not present:
+                return None
+            node = node[key]
+        return node if isinstance(node, str) and node else None
+
+    parties = raw.get("parties") if isinstance(raw.get("parties"), list) else []
+    checks = [
+        ("data.dataset.path", path_at("data", "dataset", "path")),
+        ("data.eval.path", path_at("data", "eval", "path")),
+    ]
+    checks += [
+        (f"parties.{i}.data.path", path_at("parties", i, "data", "path"))
+        for i, p in enumerate(parties)
+        if party is None or (isinstance(p, dict) and p.get("name") == party)
+    ]
+    return [
+        f"config key `{key}`: file not found: {value}"
+        for key, value in checks
+        if value is not None and not (base / value).exists()
+    ]
 
 
 def _check_paths(config: RunConfig, party: str | None = None) -> list[str]:
