@@ -28,7 +28,12 @@ class ProgressView:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.status = "stopped"
+            self.live.update(self._render())
         self.live.__exit__(*exc)  # type: ignore[arg-type]
+        if exc[0] is not None:  # the error that follows starts on a line of its own, below the table
+            self.console.line()
 
     def set_status(self, text: str) -> None:
         self.status = text
