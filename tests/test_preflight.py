@@ -79,4 +79,17 @@ def test_a_schema_error_does_not_hide_a_missing_file(tmp_path: Path) -> None:
     cfg["parties"][0]["data"] = {"path": "nowhere.jsonl"}
     code, lines = _validate(tmp_path, cfg)
     text = "\n".join(lines)
-    assert code == 2 and "federation.rounds" in text and "parties.0.data.path" in text and "nowhere.jsonl" in text
+    assert (
+        code == 2
+        and "federation.rounds" in text
+        and "parties.0.data.path" in text
+        and "nowhere.jsonl" in text
+    )
+
+
+def test_the_missing_file_check_of_a_broken_config_survives_any_shape(tmp_path: Path) -> None:
+    cfg = tiny_config_dict(tmp_path)
+    cfg["rounds_typo"] = 1
+    cfg["parties"] = [["not", "a", "mapping"], {"name": "bob", "data": ["x"]}]
+    code, lines = _validate(tmp_path, cfg)
+    assert code == 2 and lines

@@ -728,7 +728,10 @@ def _raw_missing_files(raw: dict[str, Any], base: Path, party: str | None) -> li
     def path_at(*keys: Any) -> Any:
         node: Any = raw
         for key in keys:
-            present = key in node if isinstance(node, dict) else isinstance(node, list) and key < len(node)
+            if isinstance(node, dict):
+                present = key in node
+            else:
+                present = isinstance(node, list) and isinstance(key, int) and key < len(node)
             if not present:
                 return None
             node = node[key]
