@@ -17,15 +17,14 @@ def guarantee_lines(setup: Record | None, rounds: list[Record], parties: list[Re
     lines: list[str] = []
     accounted = [r for r in rounds if "dp_epsilon" in r]
     mechanism = setup.get("mechanism", "") if setup else ""
-    hidden = "secure aggregation" in mechanism or "CKKS" in mechanism
+    hidden_by = setup.get("hidden_by") if setup else None
     if accounted:
-        lines.append(_client_dp_sentence(accounted[-1], mechanism, hidden))
-    elif hidden:
+        lines.append(_client_dp_sentence(accounted[-1], mechanism, hidden_by is not None))
+    elif hidden_by:
         lines.append(
-            f"Guarantee: no differential privacy. {mechanism.capitalize()} keeps each party's update from an "
-            "honest-but-curious server, which learns each round's "
-            + ("decrypted mean" if "CKKS" in mechanism else "sum")
-            + "; the released model itself is not protected."
+            f"Guarantee: no differential privacy. {hidden_by.capitalize()} keeps each party's update from an "
+            "honest-but-curious server, which learns only each round's sum; the released model itself is not "
+            "protected."
         )
     dpsgd = [p for p in parties if "dp_sgd_epsilon" in p]
     if dpsgd:

@@ -77,7 +77,7 @@ class ServerPrivacy:
     @property
     def secret_selection(self) -> bool:
         """Whether the round loop must draw its selection from the OS's CSPRNG (a stage's guarantee needs it)."""
-        return any(getattr(s, "secret_selection", False) for s in self.stages)
+        return any(s.secret_selection for s in self.stages)
 
     @property
     def mechanism(self) -> str:
@@ -91,6 +91,8 @@ class ServerPrivacy:
     def setup(self, backend: Backend) -> dict[str, Any]:
         """Once per run start: each stage's setup; returns what to log."""
         info: dict[str, Any] = {"mechanism": self.mechanism, "sampling_rate": self.q}
+        if self.hider is not None:  # what the report's guarantee says the server sees
+            info["hidden_by"] = self.hider.traits.title
         parties = backend.party_names()
         for stage in self.stages:
             before = dict(self._traffic)
@@ -134,7 +136,7 @@ class ServerPrivacy:
     @property
     def max_rounds(self) -> int | None:
         """Rounds the privacy budget allows at the planned rate (``None``: no budget)."""
-        return next((r for s in self.stages if (r := getattr(s, "max_rounds", None)) is not None), None)
+        return next((s.max_rounds for s in self.stages if s.max_rounds is not None), None)
 
     # --- one round -------------------------------------------------------------------------------
     def begin_round(

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mpctf.errors import UpdateRejected
 from mpctf.messages import NamedTensors, RoundTask
+from mpctf.privacy.layout import TensorLayout
 from mpctf.registry import Registry
 
 if TYPE_CHECKING:
@@ -127,6 +129,13 @@ class PrivacyStage:
     def __init__(self, params: Any, run: RunInfo) -> None:
         self.params = params
         self.run = run
+        #: Rounds this stage's budget allows at the planned rate, once :meth:`setup` knows (``None``: no budget).
+        self.max_rounds: int | None = None
+
+    @property
+    def secret_selection(self) -> bool:
+        """Whether this stage's guarantee needs the round's selection drawn from the OS's CSPRNG."""
+        return False
 
     @classmethod
     def party_stage(cls, name: str, own: Any | None) -> PartyStage:
@@ -179,6 +188,23 @@ class PrivacyStage:
         """Restore :meth:`state_dict`; refuses another stage's state."""
         if state.get("stage") != self.registered_name:
             raise ValueError(f"checkpoint holds {state.get('stage')!r}, not {self.registered_name!r}")
+
+
+def check_hidden_layout(
+    update: Update, reference: NamedTensors, extra: dict[str, tuple[int, ...]]
+) -> TensorLayout:
+    """The layout a hidden update declares, checked against what its party was sent (plus ``extra``)."""
+    who = f"party {update.party!r}"
+    try:
+        layout = TensorLayout.from_json(update.header["privacy"]["layout"])
+    except (KeyError, TypeError, ValueError):
+        raise UpdateRejected(f"{who}: hidden update without a readable layout") from None
+    expected = {k: tuple(v.shape) for k, v in reference.items()} | extra
+    got = dict(zip(layout.names, layout.shapes, strict=True))
+    if got != expected:
+        wrong = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
+        raise UpdateRejected(f"{who}: hidden update's layout differs at {wrong[0]!r}")
+    return layout
 
 
 STAGES: Registry[PrivacyStage] = Registry("privacy stage")
