@@ -12,9 +12,10 @@ means the mechanism that ran gives less privacy than the ledger says, and the ru
 violated".
 
 The statistic is computed on at most ``max_dim`` coordinates (a seeded random subset of the trainable state):
-the canaries are then random directions of that subspace, which keeps the cost to a few seconds a round for any
-model. With a server optimiser other than plain averaging (FedAdam, FedAvgM) the released mean is not added to
-the model as it is; the shadow still sums the released means, which is what the noise protects.
+the canaries are then random directions of that subspace, so the cost a round is bounded whatever the model
+(``benchmarks/privacy_overhead.py`` measures it). With a server optimiser other than plain averaging (FedAdam,
+FedAvgM) the released mean is not added to the model as it is; the shadow still sums the released means, which
+is what the noise protects.
 """
 
 from __future__ import annotations

@@ -85,7 +85,6 @@ class ClientDpStage(PrivacyStage):
             self.update_noise = self.clipper.update_noise_multiplier
         self.clip_norm = params.clip_norm
         self.generator = make_generator()
-        self.max_rounds: int | None = None
 
     @classmethod
     def party_stage(cls, name: str, own: Any | None) -> PartyStage:
@@ -169,13 +168,17 @@ class ClientDpStage(PrivacyStage):
         else:
             hidden = total.pop(rounds.UNCLIPPED, None)
             indicators = 0.0 if hidden is None else float(hidden.sum()) / state.scratch["indicator_scale"]
-        mean = noised_mean(
-            total,
-            noise_multiplier=self.update_noise if self.params.mode == "central" else 0.0,
-            clip_norm=self.clip_norm,
-            denominator=len(state.drawn),
-            generator=self.generator,
-        )
+        m = len(state.drawn)
+        if self.params.mode == "central":
+            mean = noised_mean(
+                total,
+                noise_multiplier=self.update_noise,
+                clip_norm=self.clip_norm,
+                denominator=m,
+                generator=self.generator,
+            )
+        else:  # the parties' shares are in the sum already
+            mean = {k: v.float() / m for k, v in total.items()}
         state.metrics |= self._account(state, indicators)
         return mean
 

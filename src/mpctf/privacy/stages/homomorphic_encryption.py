@@ -23,8 +23,8 @@ from mpctf.privacy.stages.base import (
     PartyStage,
     PrivacyStage,
     RoundState,
+    check_hidden_layout,
 )
-from mpctf.privacy.stages.secure_aggregation import check_layout
 
 #: Associated data binding a sealed CKKS context to its recipient.
 _AAD = b"mpctf ckks secret context|"
@@ -143,7 +143,7 @@ class HomomorphicEncryptionStage(PrivacyStage):
     def receive(self, state: RoundState, update: Update, reference: NamedTensors) -> bool:
         from mpctf.privacy.he import EncryptedUpdate
 
-        layout = check_layout(update, reference, state.extra_coordinates)
+        layout = check_hidden_layout(update, reference, state.extra_coordinates)
         if len(update.tensors) != -(-layout.numel // self.params.slots):
             raise UpdateRejected(
                 f"party {update.party!r}: {len(update.tensors)} ciphertexts do not fit its layout"

@@ -13,7 +13,6 @@ from typing import Any
 from mpctf.errors import UpdateRejected
 from mpctf.messages import NamedTensors, RoundTask, Update
 from mpctf.privacy import rounds
-from mpctf.privacy.layout import TensorLayout
 from mpctf.privacy.secagg.params import SecAggParams
 from mpctf.privacy.stages.base import (
     STAGES,
@@ -23,6 +22,7 @@ from mpctf.privacy.stages.base import (
     PartyStage,
     PrivacyStage,
     RoundState,
+    check_hidden_layout,
 )
 
 _SERVER = "secure_aggregation.server"
@@ -114,7 +114,7 @@ class SecureAggregationStage(PrivacyStage):
         state.instructions[self.registered_name] = {}
 
     def receive(self, state: RoundState, update: Update, reference: NamedTensors) -> bool:
-        layout = check_layout(update, reference, state.extra_coordinates)
+        layout = check_hidden_layout(update, reference, state.extra_coordinates)
         if set(update.tensors) != {rounds.MASKED} or update.tensors[rounds.MASKED].numel() != layout.numel:
             raise UpdateRejected(
                 f"party {update.party!r}: expected one masked vector of {layout.numel} values"
@@ -150,18 +150,3 @@ def _message(payload: bytes, op: str) -> dict[str, Any]:
     from mpctf.privacy.secagg import wire
 
     return wire.loads(rounds.read_reply(payload, op)[0]["message"])
-
-
-def check_layout(update: Update, reference: NamedTensors, extra: dict[str, tuple[int, ...]]) -> TensorLayout:
-    """The layout a hidden update declares, checked against what its party was sent (plus ``extra``)."""
-    who = f"party {update.party!r}"
-    try:
-        layout = TensorLayout.from_json(update.header["privacy"]["layout"])
-    except (KeyError, TypeError, ValueError):
-        raise UpdateRejected(f"{who}: hidden update without a readable layout") from None
-    expected = {k: tuple(v.shape) for k, v in reference.items()} | extra
-    got = dict(zip(layout.names, layout.shapes, strict=True))
-    if got != expected:
-        wrong = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
-        raise UpdateRejected(f"{who}: hidden update's layout differs at {wrong[0]!r}")
-    return layout
