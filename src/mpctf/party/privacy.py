@@ -51,6 +51,8 @@ class PartyPrivacy:
         by the strategy at the server)."""
         start = time.perf_counter()
         asked: dict[str, Any] = task.instructions.get("privacy", {})
+        if not any(name in self.stages for name in asked):  # no stage acts on the update this round
+            return delta, {}, {}
         ctx = PartyContext(task, num_samples, num_tokens, hidden=hides_update(task))
         tensors = {k: v.detach().float().cpu() for k, v in delta.items()}
         weighted = False

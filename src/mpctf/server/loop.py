@@ -170,10 +170,16 @@ class RoundLoop:
         # Asked only when the schedule skips the round: it computes epsilon one round ahead.
         return self.privacy is not None and self.privacy.stop_reason(round_num + 1) is not None
 
-    def run_round(self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan]) -> NamedTensors:
+    def reachable(self, plans: dict[str, PartyPlan]) -> list[str]:
+        """The parties online now that can be sent work (one that was down at planning time is not planned).
+
+        Asked once per round: on Flower it queries the SuperLink for nodes."""
+        return [p for p in self.backend.party_names() if p in plans]
+
+    def run_round(
+        self, round_num: int, state: NamedTensors, plans: dict[str, PartyPlan], reachable: list[str]
+    ) -> NamedTensors:
         fed = self.config.federation
-        # A party is only sent work once it is planned (one that was down at planning time is not).
-        reachable = [p for p in self.backend.party_names() if p in plans]
         secret = self.privacy is not None and self.privacy.secret_selection
         selected = select_parties(
             reachable, fed.parties_per_round, self.config.seed, round_num, secret=secret
@@ -322,12 +328,12 @@ class RoundLoop:
                 result.rounds.append(recovered)  # as the Flower and worker launchers report it from the log
         stopped = None
         for round_num in range(start, self.config.federation.rounds + 1):
-            reachable = sum(p in plans for p in self.backend.party_names())
-            if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num, reachable)):
+            reachable = self.reachable(plans)
+            if self.privacy is not None and (stopped := self.privacy.stop_reason(round_num, len(reachable))):
                 self.log.write("privacy_stop", round=round_num, reason=stopped)
                 break
             began = time.perf_counter()
-            state = self.run_round(round_num, state, plans)
+            state = self.run_round(round_num, state, plans, reachable)
             train_done = time.perf_counter()
             model_state = self.merged_base.absorb(state) if self.merged_base is not None else state
             scores = self.evaluate(model_state) if self.scored(round_num) else {}
