@@ -58,10 +58,11 @@ def test_a_host_on_the_local_backend_and_an_unknown_model_are_config_errors(tmp_
     cfg["parties"][1]["host"] = {"address": "gpu-1"}
     code, lines = _validate(tmp_path, cfg)
     assert code == 2 and any("parties[].host" in line and "backend.name: flower" in line for line in lines)
-    cfg = tiny_config_dict(tmp_path)
-    cfg["model"]["name"] = "no-such-org/no-such-model"
-    code, lines = _validate(tmp_path, cfg)
-    assert code == 2 and any("model.name" in line and "nothing is downloaded" in line for line in lines)
+    for name in ("no-such-org/no-such-model", "models/not/a hub id", "../missing-folder"):
+        cfg = tiny_config_dict(tmp_path)
+        cfg["model"]["name"] = name
+        code, lines = _validate(tmp_path, cfg)
+        assert code == 2 and any("model.name" in line and "nothing is downloaded" in line for line in lines)
 
 
 def test_a_missing_file_does_not_hide_a_privacy_conflict(tmp_path: Path) -> None:

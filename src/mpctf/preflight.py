@@ -42,11 +42,15 @@ def _model_problems(config: RunConfig) -> list[str]:
     name = config.model.name
     if name in (SMOLLM2, TINY) or (Path(name) / "config.json").is_file():
         return []
-    if Path(name).is_absolute() or name.startswith("."):
+    if Path(name).exists():
         return [f"config key `model.name`: {name} is not a model folder (no config.json there)"]
     from huggingface_hub import try_to_load_from_cache
 
-    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub id either (huggingface_hub's HFValidationError)
+        cached = None
+    if isinstance(cached, str):
         return []
     return [
         f"config key `model.name`: {name!r} is neither built in ({SMOLLM2}, {TINY}), a local folder, nor in the "
