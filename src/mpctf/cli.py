@@ -475,7 +475,11 @@ def export(
         ),
     ],
     round_num: Annotated[
-        int | None, typer.Option("--round", help="Export this round's checkpoint (default: the last one).")
+        int | None,
+        typer.Option(
+            "--round",
+            help="Export this round's checkpoint (default: the best round by federated validation, else the last).",
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUT's contents if it is not empty.")
@@ -486,7 +490,7 @@ def export(
     from mpctf.export import export_model
 
     done = export_model(run_dir, out_dir, round_num=round_num, force=force)
-    out.print(f"wrote {done.folder} ({done.kind}, round {done.round})")
+    out.print(f"wrote {done.folder} ({done.kind}, round {done.round}: {done.chosen})")
     out.print(f'load it with AutoModelForCausalLM.from_pretrained("{done.folder}")')
 
 

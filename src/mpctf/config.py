@@ -184,9 +184,19 @@ class TrainingConfig(Strict):
     #: analyses assume (``momentum`` applies to it only).
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: ``reset``: a fresh local optimizer every round. ``keep``: each party carries its optimizer's state (AdamW's
+    #: moments, SGD's momentum) into its next round, so a round's first steps are not AdamW's bias-corrected
+    #: sign steps of size ``lr`` on every coordinate; a restarted party starts afresh. See docs/results.md,
+    #: "Why the global accuracy swings".
+    optimizer_state: Literal["reset", "keep"] = "reset"
     #: Optimizer steps per round at most; by default one pass over the round's chunk.
     local_steps: PositiveInt | None = None
     max_length: Annotated[int, Field(ge=8)] = 128
+    #: What an over-long row loses (classification and instruction tasks): the text field is cut, never the
+    #: template, so the instruction and the answer cue always stay. ``keep_start`` keeps the text's beginning
+    #: (an e-mail's subject, a review's opening), ``keep_end`` its end. The default is chosen by measurement:
+    #: docs/results.md, "Truncation".
+    truncation: Literal["keep_start", "keep_end"] = "keep_start"
     #: Torch CPU threads per party process; by default the host's cores shared among its party processes.
     threads: PositiveInt | None = None
     #: Processes that train each party's round together (torch.distributed data parallel: gloo on CPU, NCCL on
@@ -316,6 +326,22 @@ class EvalConfig(Strict):
     before_training: bool = True
 
 
+class ValidationConfig(Strict):
+    """Each party holds out a slice of its own rows; after every scored round it scores the global model on that
+    slice and sends back only the metrics, which the server averages weighted by rows. ``best_round`` is chosen
+    on them (never on the test set), and ``patience`` stops the run early."""
+
+    #: Share of each party's rows held out (a seeded sample; the party never trains on them).
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    #: At most this many validation rows per party.
+    max_samples: PositiveInt | None = 200
+    batch_size: PositiveInt = 32
+    #: Stop after this many scored rounds without a better validation score; ``None`` never stops early.
+    patience: PositiveInt | None = None
+    #: How much better a score must be to count as better.
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
 class DataConfig(Strict):
     dataset: DatasetConfig | None = None
     #: How a shared dataset is assigned to parties (simulations); ignored for parties with their own files.
@@ -323,6 +349,8 @@ class DataConfig(Strict):
     #: How each party's data is cut into per-round chunks.
     partition: PluginSpec = PluginSpec(name="fixed_size", size=64)
     eval: EvalConfig = EvalConfig()
+    #: Federated validation on slices of the parties' own rows (off by default).
+    validation: ValidationConfig | None = None
 
 
 class HostConfig(Strict):
@@ -445,6 +473,22 @@ class RunConfig(Strict):
             raise ValueError(
                 f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round"
             )
+        if self.data.validation is not None:
+            enabled = [
+                name for name in type(self.privacy).model_fields if getattr(self.privacy, name) is not None
+            ]
+            if enabled:
+                raise ValueError(
+                    f"data.validation sends each party's validation metrics to the server in the clear, outside "
+                    f"what privacy.{enabled[0]} promises and accounts for; remove one of them"
+                )
+        if self.training.optimizer_state == "keep":
+            several = [p.name for p in self.parties if self.party_processes(p.name) > 1]
+            if several:
+                raise ValueError(
+                    f"training.optimizer_state: keep holds a party's optimizer state in one process; party "
+                    f"{several[0]!r} trains with {self.party_processes(several[0])} processes, use reset"
+                )
         if self.training.sharding == "fsdp":
             if self.training.mode not in FSDP_MODES:
                 raise ValueError(

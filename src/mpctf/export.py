@@ -29,16 +29,19 @@ class Exported:
     round: int
     #: What the folder holds: "merged adapter" or "full model".
     kind: str
+    #: Why this round: "asked for", "best by federated validation" or "the last checkpoint".
+    chosen: str = "asked for"
 
 
 def export_model(run_dir: Path, out: Path, *, round_num: int | None = None, force: bool = False) -> Exported:
-    """Write round ``round_num`` (default: the last checkpoint) of ``run_dir`` as a model folder at ``out``.
+    """Write round ``round_num`` of ``run_dir`` as a model folder at ``out``; by default the best round by
+    federated validation (``data.validation``) when the run chose one, else the last checkpoint.
 
     ``out`` must be new or an empty folder; ``force`` replaces a non-empty one. Nothing is written to ``out``
     until the model is whole (it is built in a sibling folder and renamed)."""
     from mpctf.model.loading import load_tokenizer
 
-    checkpoint, number = checkpoint_folder(run_dir, round_num)
+    checkpoint, number, chosen = checkpoint_folder(run_dir, round_num)
     check_output(out, run_dir, force=force)
     config = run_config(run_dir / "config.yaml")
     tokenizer = load_tokenizer(config.model.name)
@@ -51,7 +54,7 @@ def export_model(run_dir: Path, out: Path, *, round_num: int | None = None, forc
         raise StorageError(f"{adapter}: no adapter_config.json or config.json (an incomplete checkpoint)")
     _set_pad_token(model, tokenizer)
     _write(out, model, tokenizer)
-    return Exported(out, number, kind)
+    return Exported(out, number, kind, chosen)
 
 
 def run_config(path: Path) -> Any:
@@ -68,8 +71,19 @@ def run_config(path: Path) -> Any:
         return load_config(path)  # raises the ConfigError that names every problem
 
 
-def checkpoint_folder(run_dir: Path, round_num: int | None) -> tuple[Path, int]:
-    """The checkpoint folder of ``round_num`` (default: the one ``latest.json`` names) and its round."""
+def best_round(run_dir: Path) -> int | None:
+    """The round federated validation chose (the last ``best_round`` in ``metrics.jsonl``), if any."""
+    from mpctf.report.metrics import read_metrics
+
+    log = run_dir / "metrics.jsonl"
+    records = read_metrics(log) if log.is_file() else []
+    chosen = [r["best_round"] for r in records if isinstance(r.get("best_round"), int)]
+    return chosen[-1] if chosen else None
+
+
+def checkpoint_folder(run_dir: Path, round_num: int | None) -> tuple[Path, int, str]:
+    """The checkpoint folder of ``round_num`` (default: the best round by federated validation, else the one
+    ``latest.json`` names), its round, and why that round."""
     from mpctf.server.checkpoint import checkpoint_rounds, latest_round, round_dir
 
     if not run_dir.is_dir():
@@ -77,7 +91,11 @@ def checkpoint_folder(run_dir: Path, round_num: int | None) -> tuple[Path, int]:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     rounds = checkpoint_rounds(run_dir)
-    if round_num is None:
+    chosen = "asked for"
+    if round_num is None and (best := best_round(run_dir)) in rounds:
+        round_num, chosen = best, "best by federated validation"
+    elif round_num is None:
+        chosen = "the last checkpoint"
         try:
             round_num = latest_round(run_dir)
         except (ValueError, KeyError, TypeError):
@@ -87,7 +105,7 @@ def checkpoint_folder(run_dir: Path, round_num: int | None) -> tuple[Path, int]:
     elif round_num not in rounds:
         have = f"rounds {rounds[0]} to {rounds[-1]}" if rounds else "no checkpoint yet"
         raise ConfigError(f"--round {round_num}: {run_dir} has no checkpoint of that round ({have})")
-    return round_dir(run_dir, round_num), round_num
+    return round_dir(run_dir, round_num), round_num, chosen
 
 
 def check_output(out: Path, run_dir: Path, *, force: bool) -> None:

@@ -83,7 +83,34 @@ class FederatedData:
         return rows
 
     def party_rows(self, party: str) -> Rows:
-        """The training rows of one party: its own files, or its share of the shared dataset."""
+        """The training rows of one party: its own files, or its share of the shared dataset (less its
+        validation slice when ``data.validation`` is set)."""
+        return self._validation_split(party)[0]
+
+    def party_validation_rows(self, party: str) -> Rows:
+        """The party's validation slice (``data.validation``), disjoint from its training rows."""
+        return self._validation_split(party)[1]
+
+    def _validation_split(self, party: str) -> tuple[Rows, Rows]:
+        rows = self._all_party_rows(party)
+        val = self.config.data.validation
+        if val is None:
+            return rows, []
+        count = round(val.fraction * len(rows))
+        if val.max_samples is not None:
+            count = min(count, val.max_samples)
+        if count < 1 or count >= len(rows):
+            raise DataError(
+                f"party {party!r}: data.validation.fraction {val.fraction:g} of its {len(rows)} rows leaves "
+                f"{'no validation' if count < 1 else 'no training'} rows"
+            )
+        picked = set(random.Random(f"validation:{self.config.seed}:{party}").sample(range(len(rows)), count))
+        return (
+            take(rows, [i for i in range(len(rows)) if i not in picked]),
+            take(rows, sorted(picked)),
+        )
+
+    def _all_party_rows(self, party: str) -> Rows:
         spec = self.config.party(party)
         if spec.data is not None:
             return load_rows(spec.data, self.config.seed)

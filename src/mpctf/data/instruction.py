@@ -10,14 +10,13 @@ reply equals the reference answer after :func:`normalize_answer`.
 from __future__ import annotations
 
 import re
-import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mpctf.config import TaskConfig
 from mpctf.data.sources import Row
-from mpctf.data.task_base import TASKS, Example, Task, scored_logits, token_nll
+from mpctf.data.task_base import TASKS, Example, Task, cut_field, scored_logits, template_fields, token_nll
 from mpctf.errors import DataError
 
 _TRAILING_PUNCT = re.compile(r"[\s.!?,;:]+$")
@@ -49,8 +48,10 @@ class ChatTemplateTask(Task):
     """What instruction and chat tuning share: conversations rendered with the model's chat template, one
     supervised assistant reply per example, greedy replies scored by exact match."""
 
-    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
-        super().__init__(config, tokenizer, max_length)
+    def __init__(
+        self, config: TaskConfig, tokenizer: object, max_length: int, *, truncation: str | None = None
+    ) -> None:
+        super().__init__(config, tokenizer, max_length, truncation=truncation)
         if getattr(tokenizer, "chat_template", None) is None:
             raise DataError(
                 f"task type {self.registered_name!r} needs a model whose tokenizer has a chat template"
@@ -63,9 +64,19 @@ class ChatTemplateTask(Task):
         )
         return list(encoded["input_ids"])
 
-    def reply_example(self, messages: list[dict[str, str]], reply: str, where: str) -> Example:
+    def reply_example(
+        self,
+        messages: list[dict[str, str]],
+        reply: str,
+        where: str,
+        *,
+        render: Callable[[str], list[int]] | None = None,
+        text: str = "",
+    ) -> Example:
         """The conversation ``messages`` as the prompt, the assistant's ``reply`` (through its end-of-turn
-        token) as the supervised answer."""
+        token) as the supervised answer. When the pair is too long for ``max_length``, the reply keeps its start;
+        with ``render`` (the prompt rendered around another ``text``) the prompt loses part of ``text`` only
+        (``training.truncation``), else it keeps its end (the latest turns and the assistant header)."""
         prompt = self._chat(messages, generation_prompt=True)
         full = self._chat([*messages, {"role": "assistant", "content": reply}], generation_prompt=False)
         if full[: len(prompt)] != prompt:
@@ -73,10 +84,15 @@ class ChatTemplateTask(Task):
                 f"{where}: the model's chat template does not render the conversation as prompt + answer, "
                 "so the answer tokens cannot be told apart"
             )
-        # The reply through its end-of-turn token; an over-long reply keeps its start (and one prompt token).
         answer = [*until_stop(full[len(prompt) :], self.eos_id), self.eos_id][: self.max_length - 1]
-        # Keep the end of the prompt (the question and the assistant header) when the pair is too long.
-        prompt = prompt[-(self.max_length - len(answer)) :]
+        if len(prompt) + len(answer) <= self.max_length:
+            return Example(input_ids=prompt + answer, prompt_len=len(prompt))
+        if render is None:
+            prompt = prompt[-(self.max_length - len(answer)) :]
+        else:
+            # The template (instruction, assistant header) stays whole: a long reply leaves room for it.
+            answer = answer[: max(self.max_length - len(render("")), 1)]
+            prompt = self.fit_text(render, text, self.max_length - len(answer), where)
         return Example(input_ids=prompt + answer, prompt_len=len(prompt))
 
     def generate(
@@ -130,20 +146,32 @@ class InstructionTask(ChatTemplateTask):
 
     config_keys = ("prompt", "answer_field", "system", "max_new_tokens")
 
-    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
-        super().__init__(config, tokenizer, max_length)
-        self.fields = [f for _, f, _, _ in string.Formatter().parse(config.prompt) if f]
+    def __init__(
+        self, config: TaskConfig, tokenizer: object, max_length: int, *, truncation: str | None = None
+    ) -> None:
+        super().__init__(config, tokenizer, max_length, truncation=truncation)
+        self.fields = template_fields(config.prompt)
 
     def encode(self, row: Row, where: str) -> Example:
-        """Tokenize one pair: the templated prompt, then the answer through its end-of-turn token."""
+        """Tokenize one pair: the templated prompt, then the answer through its end-of-turn token. An over-long
+        pair loses part of the prompt's text field (``training.truncation``), never the template."""
         missing = [f for f in [*self.fields, self.config.answer_field] if f not in row]
         if missing:
             raise DataError(f"{where}: row lacks field(s) {', '.join(missing)}; it has {', '.join(row)}")
-        messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
-        messages.append(
-            {"role": "user", "content": self.config.prompt.format(**{f: row[f] for f in self.fields})}
+        values = {f: row[f] for f in self.fields}
+        cut = cut_field(self.fields, row, self.config.text_field)
+
+        def messages(text: str) -> list[dict[str, str]]:
+            system = [{"role": "system", "content": self.config.system}] if self.config.system else []
+            return [*system, {"role": "user", "content": self.config.prompt.format(**{**values, cut: text})}]
+
+        def render(text: str) -> list[int]:
+            return self._chat(messages(text), generation_prompt=True)
+
+        text = str(row[cut])
+        return self.reply_example(
+            messages(text), str(row[self.config.answer_field]), where, render=render, text=text
         )
-        return self.reply_example(messages, str(row[self.config.answer_field]), where)
 
     def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
         return [self.encode(r, f"{where} row {i + 1}") for i, r in enumerate(rows)]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import inspect
 import math
+import string
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from mpctf.config import TaskConfig
+from mpctf.config import TaskConfig, TrainingConfig
 from mpctf.data.sources import Row
+from mpctf.errors import DataError
 from mpctf.registry import Registry
 
 IGNORE = -100
@@ -146,16 +148,47 @@ class Task(ABC):
     registered_name: ClassVar[str]
     config_keys: ClassVar[tuple[str, ...]] = ()
     required_keys: ClassVar[tuple[str, ...]] = ()
+    #: The metric that picks the best round on federated validation, and whether higher is better.
+    selection_metric: ClassVar[str] = "eval_loss"
+    higher_is_better: ClassVar[bool] = False
 
-    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
+    def __init__(
+        self, config: TaskConfig, tokenizer: object, max_length: int, *, truncation: str | None = None
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = max_length
+        #: ``training.truncation``: which end of an over-long text field is kept.
+        self.truncation = truncation or TrainingConfig.model_fields["truncation"].default
         self.pad_id = int(tokenizer.pad_token_id)  # type: ignore[attr-defined]
 
     def ids(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+    def fit_text(self, render: Callable[[str], list[int]], text: str, budget: int, where: str) -> list[int]:
+        """``render(text)`` (the filled template's token ids) in at most ``budget`` tokens, cutting ``text``
+        alone: its end (``keep_start``) or its beginning (``keep_end``); ``DataError`` naming ``where`` when
+        the template without any text is already longer than ``budget``."""
+        out = render(text)
+        if len(out) <= budget:
+            return out
+        pieces = self.ids(text)
+        keep = len(pieces) - (len(out) - budget)
+        # Tokens at the cut may merge differently once the text is re-rendered: shrink until it fits.
+        while keep > 0:
+            part = pieces[:keep] if self.truncation == "keep_start" else pieces[len(pieces) - keep :]
+            out = render(self.tokenizer.decode(part))  # type: ignore[attr-defined]
+            if len(out) <= budget:
+                return out
+            keep -= len(out) - budget
+        out = render("")
+        if len(out) > budget:
+            raise DataError(
+                f"{where}: the prompt without its text is {len(out)} tokens, more than training.max_length "
+                f"leaves for it ({budget}); raise training.max_length or shorten task.prompt"
+            )
+        return out
 
     @abstractmethod
     def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
@@ -178,3 +211,16 @@ class Task(ABC):
 
 
 TASKS: Registry[Task] = Registry("task type")
+
+
+def template_fields(prompt: str) -> list[str]:
+    """The ``{field}`` names of a prompt template, in order."""
+    return [f for _, f, _, _ in string.Formatter().parse(prompt) if f]
+
+
+def cut_field(fields: Sequence[str], row: Row, preferred: str) -> str:
+    """The field an over-long row is cut in: ``preferred`` (``task.text_field``) when the template uses it,
+    else the template's longest field in this row."""
+    if preferred in fields:
+        return preferred
+    return max(fields, key=lambda f: len(str(row[f])))

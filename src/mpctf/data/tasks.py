@@ -10,7 +10,6 @@ config names.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +17,18 @@ import torch
 from mpctf.config import RunConfig, TaskConfig
 from mpctf.data import causal_lm, instruction  # noqa: F401  (registration side effect)
 from mpctf.data.sources import Row
-from mpctf.data.task_base import IGNORE, TASKS, Batch, Example, Task, answer_loss, collate, scored_logits
+from mpctf.data.task_base import (
+    IGNORE,
+    TASKS,
+    Batch,
+    Example,
+    Task,
+    answer_loss,
+    collate,
+    cut_field,
+    scored_logits,
+    template_fields,
+)
 from mpctf.errors import DataError
 
 __all__ = ["IGNORE", "TASKS", "Batch", "ClassificationTask", "Example", "Task", "answer_loss", "collate"]
@@ -26,7 +36,9 @@ __all__ = ["IGNORE", "TASKS", "Batch", "ClassificationTask", "Example", "Task", 
 
 def make_task(config: RunConfig, tokenizer: object) -> Task:
     """The task format ``config.task.type`` names, for ``config.training.max_length``-token examples."""
-    return TASKS.get(config.task.type)(config.task, tokenizer, config.training.max_length)
+    return TASKS.get(config.task.type)(
+        config.task, tokenizer, config.training.max_length, truncation=config.training.truncation
+    )
 
 
 @TASKS.register("classification")
@@ -35,9 +47,13 @@ class ClassificationTask(Task):
 
     config_keys = ("prompt", "labels")
     required_keys = ("labels",)
+    selection_metric = "accuracy"
+    higher_is_better = True
 
-    def __init__(self, config: TaskConfig, tokenizer: object, max_length: int) -> None:
-        super().__init__(config, tokenizer, max_length)
+    def __init__(
+        self, config: TaskConfig, tokenizer: object, max_length: int, *, truncation: str | None = None
+    ) -> None:
+        super().__init__(config, tokenizer, max_length, truncation=truncation)
         assert config.labels is not None  # guaranteed by TaskConfig's validator
         self.labels = config.labels
         self.label_values = list(config.labels)
@@ -48,7 +64,7 @@ class ClassificationTask(Task):
                 "task.labels: two verbalizers start with the same token, so they cannot be told apart"
             )
         self.first_answer_ids = torch.tensor(first)
-        self.fields = [f for _, f, _, _ in string.Formatter().parse(config.prompt) if f]
+        self.fields = template_fields(config.prompt)
 
     def encode(self, row: Row, where: str) -> Example:
         """Tokenize one row; ``where`` names its source in errors."""
@@ -62,10 +78,13 @@ class ClassificationTask(Task):
             )
         label = self.label_values.index(value)
         answer = self.answer_ids[label]
-        prompt = self.ids(self.config.prompt.format(**{f: row[f] for f in self.fields}))
-        # Keep the end of the prompt (where the question is) when the row is too long.
-        keep = max(1, self.max_length - len(answer))
-        prompt = prompt[-keep:]
+        cut = cut_field(self.fields, row, self.config.text_field)
+        values = {f: row[f] for f in self.fields}
+
+        def render(text: str) -> list[int]:
+            return self.ids(self.config.prompt.format(**{**values, cut: text}))
+
+        prompt = self.fit_text(render, str(row[cut]), self.max_length - len(answer), where)
         return Example(input_ids=prompt + answer, prompt_len=len(prompt), label=label)
 
     def encode_all(self, rows: Sequence[Row], where: str) -> list[Example]:
@@ -75,9 +94,12 @@ class ClassificationTask(Task):
     def evaluate(
         self, model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int, device: torch.device
     ) -> dict[str, float]:
-        """``accuracy`` of the verbalizer predictions and ``eval_loss``, the mean per-row answer loss."""
+        """``accuracy`` of the verbalizer predictions, ``eval_loss`` (the mean per-row answer loss) and
+        ``predicted_share_<label>``: the share of rows predicted as each label (a model that has collapsed onto
+        one label shows it at once, whatever its accuracy on a balanced or skewed test set)."""
         model.eval()
         correct, loss_sum = 0, 0.0
+        predicted_counts = torch.zeros(len(self.label_values), dtype=torch.long)
         # Batches of similar lengths pad less; the metrics are sums over rows, so the order does not matter.
         by_length = sorted(examples, key=lambda e: len(e.input_ids))
         for i in range(0, len(by_length), batch_size):
@@ -88,9 +110,14 @@ class ClassificationTask(Task):
             at_end = torch.searchsorted(positions, batch.prompt_end)
             predicted = verbalizer_predictions(logits, at_end, self.first_answer_ids)
             correct += int((predicted == batch.label).sum())
+            predicted_counts += torch.bincount(predicted.cpu(), minlength=len(self.label_values))
             loss_sum += float(answer_loss(logits, targets)) * len(chunk)
         n = max(len(examples), 1)
-        return {"accuracy": correct / n, "eval_loss": loss_sum / n}
+        shares = {
+            f"predicted_share_{label}": int(count) / n
+            for label, count in zip(self.label_values, predicted_counts, strict=True)
+        }
+        return {"accuracy": correct / n, "eval_loss": loss_sum / n, **shares}
 
 
 def verbalizer_predictions(

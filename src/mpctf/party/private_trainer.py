@@ -23,7 +23,13 @@ from mpctf.aggregation.base import PartyHooks
 from mpctf.data.task_base import scored_logits
 from mpctf.data.tasks import Example, Task
 from mpctf.model.bundle import ModelBundle
-from mpctf.party.trainer import TrainSettings, TrainStats, add_extra_loss_gradient, local_optimizer
+from mpctf.party.trainer import (
+    OptimizerMemory,
+    TrainSettings,
+    TrainStats,
+    add_extra_loss_gradient,
+    local_optimizer,
+)
 from mpctf.privacy.config import SampleDpConfig
 
 
@@ -44,14 +50,19 @@ def train_round_private(
     hooks: PartyHooks,
     config: SampleDpConfig,
     ledger: DpSgdLedger,
+    memory: OptimizerMemory | None = None,
 ) -> tuple[TrainStats, float]:
-    """Train one round with DP-SGD; returns the stats and the party's ε at ``config.delta`` after it."""
+    """Train one round with DP-SGD; returns the stats and the party's ε at ``config.delta`` after it. A kept
+    optimizer state (``memory``) holds only noised, clipped gradients' statistics: post-processing, no ε."""
     from mpctf.privacy.dpsgd import make_private, sequence_mean_lm_loss
 
     model, device = bundle.model, bundle.device
     params = bundle.mode.trainable_parameters(model)
-    stepped = [p for key, p in params.items() if hooks.trainable(key)]
+    stepped_keys = [key for key in params if hooks.trainable(key)]
+    stepped = [params[key] for key in stepped_keys]
     optimizer = local_optimizer(stepped, settings)
+    if memory is not None:
+        memory.restore(optimizer, stepped_keys)
     batch_size = min(settings.micro_batch * settings.grad_accum, len(examples))
     loader = DataLoader(TensorDataset(torch.arange(len(examples))), batch_size=batch_size)
     torch.manual_seed(settings.seed)
@@ -94,6 +105,8 @@ def train_round_private(
                 hooks.after_step(params, settings.lr)
         epsilon = private.epsilon(config.delta)
         ledger.state = private.accountant_state()
+        if memory is not None:
+            memory.save(optimizer, stepped_keys)
     finally:
         private.optimizer.zero_grad(set_to_none=True)
         private.release()

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -47,6 +47,23 @@ def local_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSetting
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+@dataclass
+class OptimizerMemory:
+    """A party's local optimizer state carried from one round into the next (``training.optimizer_state:
+    keep``). It is restored only onto the same trainable tensors it was saved from."""
+
+    keys: list[str] | None = None
+    state: dict[str, Any] | None = None
+
+    def restore(self, optimizer: torch.optim.Optimizer, keys: list[str]) -> None:
+        if self.state is not None and self.keys == keys:
+            optimizer.load_state_dict(self.state)
+
+    def save(self, optimizer: torch.optim.Optimizer, keys: list[str]) -> None:
+        # The optimizer is dropped after the round, so its state needs no copy.
+        self.keys, self.state = keys, optimizer.state_dict()
+
+
 def add_extra_loss_gradient(extra: torch.Tensor | None, params: Sequence[torch.nn.Parameter]) -> None:
     """Add the gradient of an algorithm's term on the parameters alone (FedProx's proximal term) to ``params``.
 
@@ -77,18 +94,23 @@ def train_round(
     hooks: PartyHooks,
     *,
     shard: Shard | None = None,
+    memory: OptimizerMemory | None = None,
 ) -> TrainStats:
     """Train on ``examples`` in the given order: micro-batches, gradient accumulation, a fresh
-    :func:`local_optimizer` per round. With a ``shard`` (a party trained by several processes) this process trains
-    its share of every step and gradients are averaged over the processes; the statistics cover all of them.
+    :func:`local_optimizer` per round (holding the previous round's state when ``memory`` keeps it). With a
+    ``shard`` (a party trained by several processes) this process trains its share of every step and gradients
+    are averaged over the processes; the statistics cover all of them.
     """
     shard = shard or Shard()
     device = bundle.device
     model = shard.wrap(bundle.model)
     params = bundle.mode.trainable_parameters(bundle.model)
     # An algorithm may freeze part of the exchanged state at the party (FFA-LoRA keeps lora_A fixed).
-    stepped = [p for key, p in params.items() if hooks.trainable(key)]
+    stepped_keys = [key for key in params if hooks.trainable(key)]
+    stepped = [params[key] for key in stepped_keys]
     optimizer = local_optimizer(stepped, settings)
+    if memory is not None:
+        memory.restore(optimizer, stepped_keys)
     per_step = settings.micro_batch * settings.grad_accum
     steps = math.ceil(len(examples) / per_step)
     if settings.max_steps is not None:
@@ -117,6 +139,8 @@ def train_round(
         with torch.no_grad():
             hooks.after_step(params, settings.lr)
     model.eval()
+    if memory is not None:
+        memory.save(optimizer, stepped_keys)
     loss_sum, samples, tokens = shard.total([loss_sum, samples, tokens])
     return TrainStats(
         loss=loss_sum / max(samples, 1),

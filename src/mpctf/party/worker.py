@@ -25,7 +25,7 @@ from mpctf.party.attack import poison_update
 from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.privacy import PartyPrivacy, hides_update
-from mpctf.party.trainer import TrainSettings, TrainStats, train_round
+from mpctf.party.trainer import OptimizerMemory, TrainSettings, TrainStats, train_round
 from mpctf.runtime.base import PartyHandler
 
 
@@ -40,8 +40,14 @@ class PartyWorker:
         self.training = config.party_training(party)
         self.bundle = bundle if bundle is not None else ModelBundle.load(config, self.training)
         self.task = make_task(config, self.bundle.tokenizer)
-        rows = FederatedData(config).party_rows(party)
-        self.examples = self.task.encode_all(rows, f"party {party!r} data")
+        data = FederatedData(config)
+        self.examples = self.task.encode_all(data.party_rows(party), f"party {party!r} data")
+        #: The held-out slice of the party's own rows that federated validation scores (``data.validation``).
+        self.validation = (
+            self.task.encode_all(data.party_validation_rows(party), f"party {party!r} validation data")
+            if config.data.validation is not None
+            else []
+        )
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
         self.uplink = chain_from_specs(config.communication.uplink)
         self.downlink = chain_from_specs(config.communication.downlink)
@@ -49,6 +55,8 @@ class PartyWorker:
         self.uplink_state: dict[int, dict[str, Any]] = {}
         #: Algorithm state that persists across rounds at this party (e.g. SCAFFOLD's control variate).
         self.party_state: dict[str, Any] = {}
+        #: The local optimizer's state between rounds (``training.optimizer_state: keep``).
+        self.optimizer_memory = OptimizerMemory() if self.training.optimizer_state == "keep" else None
         self._reported_load = False
         #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
         self.privacy = PartyPrivacy(config.privacy, party)
@@ -66,6 +74,8 @@ class PartyWorker:
         task = RoundTask.from_bytes(payload)
         if task.instructions.get("op") == "describe":
             return self.describe()
+        if task.instructions.get("op") == "validate":
+            return self.validate(task)
         if task.instructions.get("op") in self.privacy.ops:
             return self.privacy.handle(task)
         return self.train(task).to_bytes()
@@ -77,6 +87,27 @@ class PartyWorker:
         )
         return pack(
             {}, {"kind": "describe", "party": self.party, **dataclasses.asdict(stats), "memory": memory}
+        )
+
+    def validate(self, task: RoundTask) -> bytes:
+        """Score the state the server sent on this party's validation slice; only the metrics leave."""
+        if not self.validation:
+            raise ValueError(f"party {self.party!r} holds no validation rows (data.validation is not set)")
+        bundle = self.bundle
+        bundle.mode.set_state(bundle.model, task.state)
+        batch_size = self.config.data.validation.batch_size  # type: ignore[union-attr]
+        metrics = self.task.evaluate(
+            bundle.model, self.validation, batch_size=batch_size, device=bundle.device
+        )
+        return pack(
+            {},
+            {
+                "kind": "validation",
+                "party": self.party,
+                "round": task.round,
+                "num_samples": len(self.validation),
+                "metrics": metrics,
+            },
         )
 
     def train(self, task: RoundTask) -> Update:
@@ -158,14 +189,16 @@ class PartyWorker:
         into the metrics)."""
         local_dp = self.privacy.local_dp()
         if local_dp is None:
-            return train_round(self.bundle, self.task, chunk, settings, hooks), {}
+            return train_round(
+                self.bundle, self.task, chunk, settings, hooks, memory=self.optimizer_memory
+            ), {}
         from mpctf.party.private_trainer import DpSgdLedger, train_round_private
 
         params, keeper = local_dp
         if keeper.ledger is None:
             keeper.ledger = DpSgdLedger()
         stats, epsilon = train_round_private(
-            self.bundle, self.task, chunk, settings, hooks, params, keeper.ledger
+            self.bundle, self.task, chunk, settings, hooks, params, keeper.ledger, self.optimizer_memory
         )
         return stats, {"dp_sgd_epsilon": epsilon, "dp_sgd_steps": float(keeper.ledger.steps)}
 

@@ -13,19 +13,45 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.2f}"
 
 
+#: Federated validation's columns (``data.validation``), shown when a round has them.
+_VALIDATION = {"val_accuracy": "val accuracy", "val_eval_loss": "val loss"}
+
+
 def _rounds_table(rounds: list[Record]) -> list[str]:
+    validation = [k for k in _VALIDATION if any(k in r for r in rounds)]
+    head = "".join(f" {_VALIDATION[k]} |" for k in validation)
     lines = [
-        "| round | accuracy | eval loss | wall s | total down (MB) | total up (MB) | fp32 size ÷ sent |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| round | accuracy | eval loss |{head} wall s | total down (MB) | total up (MB) | fp32 size ÷ sent |",
+        "|---:|---:|---:|" + "---:|" * len(validation) + "---:|---:|---:|---:|",
     ]
     for r in rounds:
         up, fp32 = r.get("cumulative_bytes_up", 0), r.get("cumulative_bytes_up_fp32", 0)
         ratio = f"{fp32 / up:.2f}×" if up and fp32 else "—"
+        cells = "".join(f" {score_cell(r, k)} |" for k in validation)
         lines.append(
-            f"| {r['round']} | {score_cell(r, 'accuracy')} | {score_cell(r, 'eval_loss')} | "
+            f"| {r['round']} | {score_cell(r, 'accuracy')} | {score_cell(r, 'eval_loss')} |{cells} "
             f"{r.get('seconds', 0):.1f} | {_mb(r.get('cumulative_bytes_down', 0))} | {_mb(up)} | {ratio} |"
         )
     return lines
+
+
+def _validation_lines(records: list[Record]) -> list[str]:
+    """The best round by federated validation, and why the run stopped early if it did."""
+    end = next((r for r in records if r["event"] == "run_end"), None)
+    last = next((r for r in reversed(records) if r["event"] == "round" and "best_round" in r), None)
+    best = end if end is not None and "best_round" in end else last
+    if best is None:
+        return []
+    metric = next(k for k in best if k.startswith("best_val_"))
+    lines = [
+        f"Best round by federated validation (the parties' held-out rows, never the test set): "
+        f"**{best['best_round']}** ({metric.removeprefix('best_').replace('_', ' ')} {best[metric]:.4f}); "
+        "`mpctf export` takes it by default."
+    ]
+    stop = next((r for r in records if r["event"] == "early_stop"), None)
+    if stop is not None:
+        lines.append(f"Stopped early after round {stop['round']}: {stop['reason']}.")
+    return [*lines, ""]
 
 
 def _parties_table(parties: list[Record]) -> list[str]:
@@ -114,8 +140,12 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
 
     written = []
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    scored = [r for r in rounds if "accuracy" in r]
-    ax.plot([r["round"] for r in scored], [r["accuracy"] for r in scored], marker="o")
+    for key, label in (("accuracy", "held-out test"), ("val_accuracy", "federated validation")):
+        scored = [r for r in rounds if key in r]
+        if scored:
+            ax.plot([r["round"] for r in scored], [r[key] for r in scored], marker="o", label=label)
+    if any("val_accuracy" in r for r in rounds):
+        ax.legend(fontsize=7)
     ax.set(xlabel="round", ylabel="accuracy", title="Global accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.grid(alpha=0.3)
@@ -126,6 +156,14 @@ def _plot(rounds: list[Record], parties: list[Record], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     scored = [r for r in rounds if "eval_loss" in r]
     ax.plot([r["round"] for r in scored], [r["eval_loss"] for r in scored], marker="o", label="eval (global)")
+    validated = [r for r in rounds if "val_eval_loss" in r]
+    if validated:
+        ax.plot(
+            [r["round"] for r in validated],
+            [r["val_eval_loss"] for r in validated],
+            marker="s",
+            label="federated validation",
+        )
     for name in sorted({p["party"] for p in parties}):
         mine = [p for p in parties if p["party"] == name and "loss" in p]
         ax.plot(
@@ -182,6 +220,7 @@ def _report_lines(run_dir: Path, records: list[Record]) -> list[str]:
             f"{start.get('server_model_load_seconds', 0):.1f} s.",
             "",
         ]
+    lines += _validation_lines(records)
     if plans:
         lines += [
             "## Data plan",

@@ -39,6 +39,7 @@ from mpctf.server.checkpoint import Checkpoint, load_latest, save_checkpoint
 from mpctf.server.evaluate import Evaluator
 from mpctf.server.merged_base import MergedBase
 from mpctf.server.privacy import ServerPrivacy
+from mpctf.server.validation import FederatedValidation
 
 log = logging.getLogger("mpctf.server")
 
@@ -135,6 +136,17 @@ class RoundLoop:
         self.cumulative = {"bytes_down": 0, "bytes_up": 0, "bytes_up_fp32": 0}
         #: Client DP, secure aggregation, CKKS (None when the config enables none of them).
         self.privacy = ServerPrivacy.create(config, self.strategy)
+        #: Federated validation on the parties' held-out rows (``data.validation``), or None.
+        self.validation = None
+        if config.data.validation is not None:
+            if self.merged_base is not None:
+                raise ConfigError(
+                    f"data.validation: strategy {self.strategy.registered_name} merges each round into the "
+                    "parties' own base weights, so a party cannot score the server's global model"
+                )
+            self.validation = FederatedValidation(
+                config.data.validation, task.selection_metric, task.higher_is_better
+            )
 
     def _trainings(self) -> dict[str, TrainingConfig]:
         return {p: self.config.party_training(p) for p in self.config.party_names}
@@ -281,6 +293,19 @@ class RoundLoop:
             **update.metrics,
         }
 
+    def validate(self, round_num: int, state: NamedTensors, reachable: list[str]) -> dict[str, Any]:
+        """Federated validation of the round's global state (nothing when it is off): the combined metrics and
+        the best round so far, for the round's record; each party's report goes to the log."""
+        if self.validation is None:
+            return {}
+        states = {p: self.strategy.state_for_party(p, state) for p in reachable}
+        result = self.validation.ask(round_num, states, self.backend, self.config.federation.round_timeout_s)
+        self.cumulative["bytes_down"] += result.bytes_down
+        self.cumulative["bytes_up"] += result.bytes_up
+        for report in result.reports:
+            self.log.write("party_validation", round=round_num, **report)
+        return {**result.metrics, **self.validation.summary()}
+
     # --- the run ---------------------------------------------------------------------------------
     def _restore_record(self, ckpt: Checkpoint) -> Record | None:
         """Carry the byte counters over from the checkpointed round; log that round (and return its record) if
@@ -324,6 +349,8 @@ class RoundLoop:
             if self.privacy is not None:
                 self.privacy.load_state_dict(ckpt.privacy_state)
             start = ckpt.round + 1
+            if self.validation is not None and self.log.path.is_file():
+                self.validation.restore(read_metrics(self.log.path), up_to=ckpt.round)
             if (recovered := self._restore_record(ckpt)) is not None:
                 result.rounds.append(recovered)  # as the Flower and worker launchers report it from the log
         stopped = None
@@ -336,7 +363,9 @@ class RoundLoop:
             state = self.run_round(round_num, state, plans, reachable)
             train_done = time.perf_counter()
             model_state = self.merged_base.absorb(state) if self.merged_base is not None else state
-            scores = self.evaluate(model_state) if self.scored(round_num) else {}
+            scores = {}
+            if self.scored(round_num):
+                scores = self.evaluate(model_state) | self.validate(round_num, state, reachable)
             privacy_state = self.privacy.state_dict() if self.privacy is not None else None
             record = {
                 "round": round_num,
@@ -354,10 +383,18 @@ class RoundLoop:
                 merged_into_base=self.merged_base.delta if self.merged_base is not None else None,
             )
             result.rounds.append(self.log.write("round", **record))
+            if self.validation is not None and self.validation.exhausted:
+                stopped = (
+                    f"no better validation {self.validation.metric} for {self.validation.since_best} scored "
+                    f"rounds (data.validation.patience); the best round is {self.validation.best_round}"
+                )
+                self.log.write("early_stop", round=round_num, reason=stopped)
+                break
         self.log.write(
             "run_end",
             rounds=self.config.federation.rounds,
             final_accuracy=result.final_accuracy,
+            **(self.validation.summary() if self.validation is not None else {}),
             **({"stop_reason": stopped} if stopped else {}),
         )
         self.backend.close()
