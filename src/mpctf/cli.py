@@ -466,6 +466,34 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.", show
 
 @app.command()
 @friendly
+def tune(
+    config: ConfigArg,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where the trials go (default: output_dir/name-tune-time).")
+    ] = None,
+) -> None:
+    """Federated hyperparameter search over the config's `tune.space` by successive halving, scored by federated
+    validation (only metrics leave a party); writes best.yaml and a table of every trial."""
+    from mpctf.api import new_run_dir
+    from mpctf.config import load_config
+    from mpctf.tune.runner import check_tunable, run_search
+
+    cfg = load_config(config)
+    check_tunable(cfg)
+    preflight_or_fail(cfg)
+    target = out_dir or new_run_dir(cfg.model_copy(update={"name": f"{cfg.name}-tune"}))
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"--out {target}: not empty; give a new folder")
+    result = run_search(cfg, target, progress=err.print)
+    out.print(result.table.read_text())
+    out.print(
+        f"best: {result.best.name}; config: {result.best_config}; {result.rounds_run} rounds over all trials "
+        f"({result.compute_ratio:.1f}× one run of {cfg.federation.rounds} rounds)"
+    )
+
+
+@app.command()
+@friendly
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
     out_dir: Annotated[

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mpctf.errors import ConfigError
 from mpctf.privacy.config import PrivacyConfig
 from mpctf.strict_yaml import dump_yaml, load_yaml
+from mpctf.tune.config import TuneConfig
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PartyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -451,6 +452,8 @@ class RunConfig(Strict):
     backend: BackendConfig = BackendConfig()
     #: Client-level DP, sample-level DP-SGD, secure aggregation, homomorphic encryption; all off by default.
     privacy: PrivacyConfig = PrivacyConfig()
+    #: What ``mpctf tune`` searches (ignored by a plain run).
+    tune: TuneConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -473,15 +476,11 @@ class RunConfig(Strict):
             raise ValueError(
                 f"federation.min_parties={fed.min_parties} exceeds the {per_round} parties per round"
             )
-        if self.data.validation is not None:
-            enabled = [
-                name for name in type(self.privacy).model_fields if getattr(self.privacy, name) is not None
-            ]
-            if enabled:
-                raise ValueError(
-                    f"data.validation sends each party's validation metrics to the server in the clear, outside "
-                    f"what privacy.{enabled[0]} promises and accounts for; remove one of them"
-                )
+        if self.data.validation is not None and (enabled := self.privacy.enabled()):
+            raise ValueError(
+                f"data.validation sends each party's validation metrics to the server in the clear, outside "
+                f"what privacy.{enabled[0]} promises and accounts for; remove one of them"
+            )
         if self.training.optimizer_state == "keep":
             several = [p.name for p in self.parties if self.party_processes(p.name) > 1]
             if several:

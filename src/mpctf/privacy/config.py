@@ -63,3 +63,7 @@ class PrivacyConfig(_Section):
     secure_aggregation: SecAggParams | None = None
     homomorphic_encryption: CkksParams | None = None
     audit: AuditParams | None = None
+
+    def enabled(self) -> list[str]:
+        """The sections set, in declaration order (e.g. ``["client_dp", "secure_aggregation"]``)."""
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]

@@ -1,0 +1,1 @@
+"""``mpctf tune``: federated hyperparameter search by successive halving, scored by federated validation."""
