@@ -26,13 +26,27 @@ def _our_processes() -> list[psutil.Process]:
 
 def test_flower_run_matches_local_semantics_and_cleans_up(tmp_path: Path) -> None:
     before = {p.pid for p in _our_processes()}
-    cfg = tiny_config_dict(tmp_path, **{"backend.name": "flower"})
+    cfg = tiny_config_dict(
+        tmp_path,
+        **{
+            "backend.name": "flower",
+            "data.validation": {"fraction": 0.2},
+            "training.optimizer_state": "keep",
+        },
+    )
     result = mpctf.run(cfg, run_dir=tmp_path / "run")
     run = tmp_path / "run"
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
     records = read_metrics(run / "metrics.jsonl")
     parties = [r for r in records if r["event"] == "party_round"]
     assert len(parties) == 4 and all(r["status"] == "ok" for r in parties)
+    # Federated validation crosses Flower as one more message a scored round; only metrics come back.
+    reports = [r for r in records if r["event"] == "party_validation"]
+    assert sorted((r["round"], r["party"], r["status"]) for r in reports) == [
+        (n, p, "ok") for n in (1, 2) for p in ("alice", "bob")
+    ]
+    assert all("val_accuracy" in r for r in result.rounds[1:])
+    assert next(r for r in records if r["event"] == "run_end")["best_round"] in (1, 2)
     # the model is loaded once per party process, reported with the first update only
     assert sorted(r["party"] for r in parties if "model_load_seconds" in r) == ["alice", "bob"]
     for name in ("superlink", "serverapp", "supernode-alice", "worker-bob"):
