@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,19 @@ def test_gpu_budget_builds_valid_configs_and_runs_in_a_spawned_child(tmp_path: P
     outcome = _harness.run_isolated(quick, tmp_path / "spawned", start_method="spawn")
     assert len(outcome.accuracy_per_round) == 3 and all(a is not None for a in outcome.accuracy_per_round)
     assert outcome.bytes_moved > 0 and outcome.peak_mem_bytes > 0
+
+
+@pytest.mark.slow
+def test_robustness_quick(tmp_path: Path) -> None:
+    args = ["--tasks", "sms", "--variants", "keep", "--methods", "fed", "pooled", "--shares", "0.1", "0.7"]
+    text = run_benchmark("robustness.py", tmp_path, *args)
+    for row in ("sms, fed keep", "sms, pooled"):
+        assert f"| {row} |" in text
+    # The silos hold the asked label shares of spam (10 and 70 % of 40 rows).
+    silos = tmp_path / "data/sms-s0"
+    for i, share in enumerate((0.1, 0.7)):
+        labels = [json.loads(line)["label"] for line in (silos / f"party{i}.jsonl").read_text().splitlines()]
+        assert (len(labels), labels.count("spam")) == (40, round(40 * share))
+    # The probe saw every party's update in every round.
+    probe = [json.loads(x) for x in (tmp_path / "sms/fed/keep/s0/probe.jsonl").read_text().splitlines()]
+    assert [len(p["norms"]) for p in probe] == [2, 2] and all(len(p["cos_pairs"]) == 1 for p in probe)
