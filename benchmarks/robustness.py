@@ -86,6 +86,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "federation": {"strategy": {"name": "fedavgm", "momentum": 0.5, "server_lr": 1.0}},
     },
     "server_lr0.5": {"federation": {"strategy": {"name": "fedavgm", "momentum": 0.0, "server_lr": 0.5}}},
+    # Truncation: at 32 tokens most rows lose part of their text; which end carries the label better?
+    "keep_start@32": {"training": {"max_length": 32, "truncation": "keep_start", "optimizer_state": "keep"}},
+    "keep_end@32": {"training": {"max_length": 32, "truncation": "keep_end", "optimizer_state": "keep"}},
 }
 
 
