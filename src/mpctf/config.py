@@ -187,7 +187,8 @@ class TrainingConfig(Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     #: ``reset``: a fresh local optimizer every round. ``keep``: each party carries its optimizer's state (AdamW's
     #: moments, SGD's momentum) into its next round, so a round's first steps are not AdamW's bias-corrected
-    #: sign steps of size ``lr`` on every coordinate; a restarted party starts afresh. See docs/results.md,
+    #: sign steps of size ``lr`` on every coordinate; a restarted party starts afresh; a party trained by several
+    #: processes keeps each process's part (its shard's, under FSDP). See docs/results.md,
     #: "Why the global accuracy swings".
     optimizer_state: Literal["reset", "keep"] = "reset"
     #: Optimizer steps per round at most; by default one pass over the round's chunk.
@@ -481,13 +482,6 @@ class RunConfig(Strict):
                 f"data.validation sends each party's validation metrics to the server in the clear, outside "
                 f"what privacy.{enabled[0]} promises and accounts for; remove one of them"
             )
-        if self.training.optimizer_state == "keep":
-            several = [p.name for p in self.parties if self.party_processes(p.name) > 1]
-            if several:
-                raise ValueError(
-                    f"training.optimizer_state: keep holds a party's optimizer state in one process; party "
-                    f"{several[0]!r} trains with {self.party_processes(several[0])} processes, use reset"
-                )
         if self.training.sharding == "fsdp":
             if self.training.mode not in FSDP_MODES:
                 raise ValueError(

@@ -120,10 +120,12 @@ def test_two_processes_give_the_one_process_update(
 
 
 def test_local_run_with_two_processes_per_party_follows_the_one_process_run(tmp_path: Path) -> None:
-    """Two rounds of a whole federation on the local backend: every party trains with two processes, the held-out
-    loss after each round is the one-process run's, and no extra rank is left once the run returns."""
-    one = mpctf.run(_config(tmp_path / "one", 1, **{"federation.rounds": 2}), run_dir=tmp_path / "one/run")
-    two = mpctf.run(_config(tmp_path / "two", 2, **{"federation.rounds": 2}), run_dir=tmp_path / "two/run")
+    """Two rounds of a whole federation on the local backend: every party trains with two processes, each keeping
+    its optimizer state between rounds, the held-out loss after each round is the one-process run's, and no extra
+    rank is left once the run returns."""
+    settings = {"federation.rounds": 2, "training.optimizer_state": "keep"}
+    one = mpctf.run(_config(tmp_path / "one", 1, **settings), run_dir=tmp_path / "one/run")
+    two = mpctf.run(_config(tmp_path / "two", 2, **settings), run_dir=tmp_path / "two/run")
     assert [r["round"] for r in two.rounds] == [0, 1, 2]
     assert two.rounds[-1]["eval_loss"] < two.rounds[0]["eval_loss"]
     for a, b in zip(one.rounds, two.rounds, strict=True):

@@ -3,8 +3,6 @@ correction turns the step into ``lr · sign(g)``); a kept state carries the mome
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,7 +10,6 @@ from mpctf.aggregation.base import PartyHooks
 from mpctf.config import load_config
 from mpctf.data.federated import FederatedData
 from mpctf.data.tasks import make_task
-from mpctf.errors import ConfigError
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.trainer import OptimizerMemory, TrainSettings, train_round
 from support import tiny_config_dict
@@ -72,10 +69,3 @@ def test_a_state_saved_for_other_tensors_is_not_restored(setup) -> None:
     one_step(setup, memory)
     memory.keys = ["some.other.tensor"]
     assert share_at_lr(moved(one_step(setup, memory, seed=1))) > 0.95
-
-
-def test_keep_needs_one_process_per_party(tmp_path: Path) -> None:
-    cfg = tiny_config_dict(tmp_path, **{"training.optimizer_state": "keep"})
-    cfg["parties"][1]["processes"] = 2
-    with pytest.raises(ConfigError, match=r"optimizer_state: keep .* party 'bob' trains with 2 processes"):
-        load_config(cfg)

@@ -420,7 +420,7 @@ def serve_rank(
     from mpctf.data.federated import FederatedData
     from mpctf.data.tasks import make_task
     from mpctf.model.bundle import ModelBundle
-    from mpctf.party.trainer import train_round
+    from mpctf.party.trainer import OptimizerMemory, train_round
 
     device = party_device(rank, use_cuda)
     if use_cuda:
@@ -434,13 +434,15 @@ def serve_rank(
         store, rank, world, device, config.federation.round_timeout_s, sharded=sharding == "fsdp"
     )
     shard.wrap(bundle.model)
+    # This rank's part of the party's optimizer state (its shard's, under FSDP), kept like rank 0's.
+    memory = OptimizerMemory() if config.party_training(party).optimizer_state == "keep" else None
     while True:
         msg = shard.broadcast_object()
         hooks = msg["hooks"]
         bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
         shard.load_state(bundle, None)
         chunk = [examples[i] for i in msg["chosen"]]
-        train_round(bundle, task, chunk, msg["settings"], hooks, shard=shard)
+        train_round(bundle, task, chunk, msg["settings"], hooks, shard=shard, memory=memory)
         shard.gather_state(bundle)
 
 

@@ -141,7 +141,9 @@ class PartyWorker:
             with self.ranks.round(
                 received, {"chosen": chosen, "settings": settings, "hooks": hooks}
             ) as shard:
-                stats = train_round(bundle, self.task, chunk, settings, hooks, shard=shard)
+                stats = train_round(
+                    bundle, self.task, chunk, settings, hooks, shard=shard, memory=self.optimizer_memory
+                )
                 gathered = shard.gather_state(bundle)
             assert gathered is not None  # rank 0 holds the whole state
             local, private_metrics = gathered, {}
