@@ -138,7 +138,7 @@ def _helper_ranks(parent: int) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(parent).children(recursive=True)
-        if "mpctf.party.distributed" in " ".join(p.cmdline())
+        if "mpctf.party.rank_process" in " ".join(p.cmdline())
     ]
 
 
@@ -215,5 +215,5 @@ def _all_ranks() -> list[psutil.Process]:
     return [
         p
         for p in psutil.process_iter(["cmdline"])
-        if "mpctf.party.distributed" in " ".join(p.info["cmdline"] or [])
+        if "mpctf.party.rank_process" in " ".join(p.info["cmdline"] or [])
     ]

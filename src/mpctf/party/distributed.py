@@ -1,7 +1,7 @@
 """One party trained by several processes: torch.distributed data parallelism inside the party.
 
 The party process (the long-lived :class:`~mpctf.party.worker.PartyWorker`) is rank 0 and the only rank that
-talks to the federation. When it starts it launches ranks 1..N-1 as ``python -m mpctf.party.distributed``
+talks to the federation. When it starts it launches ranks 1..N-1 as ``python -m mpctf.party.rank_process``
 subprocesses; each loads the model and the party's data once, like rank 0. Every round rank 0 broadcasts the
 round's plan (chunk indices, optimizer settings, the strategy's party hooks) and then the global trainable state
 tensor by tensor; every rank trains its shard of each step under
@@ -36,12 +36,9 @@ rank 0's process group (``mpctf launch`` stops whole groups) and a broken connec
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import ctypes
 import datetime
-import io
 import os
 import pickle
 import signal
@@ -55,9 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import yaml
 
-from mpctf.config import FSDP_MODES, RunConfig, dump_config, load_config
+from mpctf.config import FSDP_MODES, RunConfig, dump_config
 from mpctf.data.tasks import Example
 from mpctf.errors import LaunchError
 from mpctf.messages import NamedTensors
@@ -66,9 +62,9 @@ from mpctf.model.modes.base import check_state_keys
 if TYPE_CHECKING:
     from mpctf.model.bundle import ModelBundle
 
-_HOST = "127.0.0.1"
+GROUP_HOST = "127.0.0.1"
 #: How long rank 0 waits for the other ranks to load the model and join.
-_JOIN_TIMEOUT_S = 600.0
+JOIN_TIMEOUT_S = 600.0
 
 
 class Shard:
@@ -304,7 +300,7 @@ class PartyRanks:
             raise LaunchError(
                 f"party {party!r}: {world} processes need {world} GPUs, {torch.cuda.device_count()} are visible"
             )
-        self.store = dist.TCPStore(_HOST, 0, world, True, wait_for_workers=False)
+        self.store = dist.TCPStore(GROUP_HOST, 0, world, True, wait_for_workers=False)
         self.logs: list[Any] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.failed = ""
@@ -312,7 +308,7 @@ class PartyRanks:
         atexit.register(self.close)
         for rank in range(1, world):
             log = tempfile.TemporaryFile()  # noqa: SIM115  (kept open for the rank's lifetime)
-            argv = [sys.executable, "-m", "mpctf.party.distributed", "--party", party, "--rank", str(rank)]
+            argv = [sys.executable, "-m", "mpctf.party.rank_process", "--party", party, "--rank", str(rank)]
             argv += ["--world", str(world), "--port", str(self.store.port), "--parent", str(os.getpid())]
             argv += ["--threads", str(_threads_per_rank(config, world)), "--sharding", self.sharding]
             argv += ["--cuda"] if use_cuda else []
@@ -330,7 +326,7 @@ class PartyRanks:
 
     def _wait_ready(self) -> None:
         """Wait until every rank has loaded its model, failing early (with its last line) if one exits."""
-        deadline = time.monotonic() + _JOIN_TIMEOUT_S
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
         keys = [f"ready/{r}" for r in range(1, self.world)]
         while not self.store.check(keys):
             for rank, proc in enumerate(self.procs, start=1):
@@ -340,7 +336,7 @@ class PartyRanks:
                     raise LaunchError(reason)
             if time.monotonic() > deadline:
                 self.close()
-                raise LaunchError(f"party {self.party!r}: ranks did not start within {_JOIN_TIMEOUT_S:g} s")
+                raise LaunchError(f"party {self.party!r}: ranks did not start within {JOIN_TIMEOUT_S:g} s")
             time.sleep(0.2)
 
     def _last_line(self, rank: int) -> str:
@@ -400,73 +396,3 @@ class PartyRanks:
             deadline = time.monotonic() + 5.0
         for log in self.logs:
             log.close()
-
-
-# --- ranks 1..N-1 -------------------------------------------------------------------------------
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (and exit now if it already has)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        sys.exit(1)
-
-
-def serve_rank(
-    config: RunConfig, party: str, rank: int, world: int, port: int, use_cuda: bool, sharding: str
-) -> None:
-    """Load the model and the party's data, join the group, then train whatever rank 0 sends until stopped."""
-    from mpctf.data.federated import FederatedData
-    from mpctf.data.tasks import make_task
-    from mpctf.model.bundle import ModelBundle
-    from mpctf.party.trainer import OptimizerMemory, train_round
-
-    device = party_device(rank, use_cuda)
-    if use_cuda:
-        torch.cuda.set_device(device)
-    bundle = ModelBundle.load(config, config.party_training(party))
-    task = make_task(config, bundle.tokenizer)
-    examples = task.encode_all(FederatedData(config).party_rows(party), f"party {party!r} data")
-    store = dist.TCPStore(_HOST, port, world, False, timeout=datetime.timedelta(seconds=_JOIN_TIMEOUT_S))
-    store.set(f"ready/{rank}", "1")
-    shard = join_group(
-        store, rank, world, device, config.federation.round_timeout_s, sharded=sharding == "fsdp"
-    )
-    shard.wrap(bundle.model)
-    # This rank's part of the party's optimizer state (its shard's, under FSDP), kept like rank 0's.
-    memory = OptimizerMemory() if config.party_training(party).optimizer_state == "keep" else None
-    while True:
-        msg = shard.broadcast_object()
-        hooks = msg["hooks"]
-        bundle.mode.merge_into_base(bundle.model, hooks.merge_into_base())
-        shard.load_state(bundle, None)
-        chunk = [examples[i] for i in msg["chosen"]]
-        train_round(bundle, task, chunk, msg["settings"], hooks, shard=shard, memory=memory)
-        shard.gather_state(bundle)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="One extra training rank of an MPCTF party (config on stdin)."
-    )
-    parser.add_argument("--party", required=True)
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--sharding", choices=["ddp", "fsdp"], required=True)
-    parser.add_argument("--cuda", action="store_true")
-    args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    torch.set_num_threads(args.threads)
-    config = load_config(yaml.safe_load(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")))
-    try:
-        serve_rank(config, args.party, args.rank, args.world, args.port, args.cuda, args.sharding)
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole foreground group; rank 0 reports it
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
