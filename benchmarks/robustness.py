@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -133,7 +134,8 @@ def config(
     round, or (``every_round=False``, the baselines) after the last one only."""
     quick = args.quick
     return {
-        "name": name.replace("/", "_"),
+        # Run names allow letters, digits and _ . - only.
+        "name": re.sub(r"[^A-Za-z0-9_.-]", "_", name),
         "seed": seed,
         "output_dir": str(args.out),
         "model": {"name": "tiny-llama" if quick else "smollm2-135m-instruct"},
