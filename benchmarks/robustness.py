@@ -86,6 +86,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "training": {"lr": 1e-3},
         "federation": {"strategy": {"name": "fedavgm", "momentum": 0.5, "server_lr": 1.0}},
     },
+    # FFA-LoRA freezes A: an update is linear in what is trained (averaging B alone is exact) and AdamW's
+    # sign steps touch half the coordinates.
+    "ffa_lora": {"federation": {"strategy": {"name": "ffa_lora", "weight": "samples"}}},
+    "ffa_lora+keep": {
+        "training": {"optimizer_state": "keep"},
+        "federation": {"strategy": {"name": "ffa_lora", "weight": "samples"}},
+    },
     "server_lr0.5": {"federation": {"strategy": {"name": "fedavgm", "momentum": 0.0, "server_lr": 0.5}}},
     # Truncation: at 32 tokens most rows lose part of their text; which end carries the label better?
     "keep_start@32": {"training": {"max_length": 32, "truncation": "keep_start", "optimizer_state": "keep"}},
