@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="+", default=["movie"], choices=sorted(TASKS))
     ap.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
     ap.add_argument(
-        "--methods", nargs="+", default=["fed", "local", "pooled"], choices=["fed", "local", "pooled"]
+        "--methods", nargs="+", default=["fed", "local", "pooled"], choices=["fed", "local", "pooled", "tune"]
     )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0)
@@ -225,6 +225,27 @@ def read_run(run_dir: Path, *, probe: bool) -> dict[str, Any]:
     return result
 
 
+#: What the ``tune`` method searches (successive halving, eta 2: 4 trials → 2 → 1, 8 rounds in all for 4-round
+#: runs, twice one run).
+TUNE_SPACE = {"training.lr": [0.001, 0.003], "training.optimizer_state": ["reset", "keep"]}
+
+
+def tune_run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``mpctf tune`` on the silos: parties hold out 10 % of their rows for federated validation; the winner's
+    test accuracy is read from its own run (the search never looks at it)."""
+    from mpctf.config import load_config
+    from mpctf.tune.runner import run_search
+
+    cfg = {**cfg, "data": {**cfg["data"], "validation": {"fraction": 0.1}}}
+    cfg["tune"] = {"space": TUNE_SPACE, "trials": 4, "eta": 2}
+    if not (out / "search.json").is_file():
+        run_search(load_config(cfg), out)
+    search = json.loads((out / "search.json").read_text())
+    result = read_run(out / search["best"], probe=False)
+    best = next(t for t in search["trials"] if t["name"] == search["best"])
+    return {**result, "overrides": best["overrides"], "rounds_run": search["rounds_run"]}
+
+
 def max_drop(curve: list[float | None], after: int = 2) -> float:
     """The largest fall of the scored accuracy from one round to the next, from round ``after`` on."""
     pts = [a for i, a in enumerate(curve) if a is not None and i >= after]
@@ -264,12 +285,15 @@ def main(argv: list[str] | None = None) -> None:
             if "local" in args.methods:
                 for p in parties:
                     key = f"{task_name}/local/{p}/s{seed}"
-                    runs[key] = one_run(
-                        config(args, task, data, [p], args.local_steps, seed, key),
-                        args.out / key,
-                        probe=False,
-                    )
+                    cfg = config(args, task, data, [p], args.local_steps, seed, key, every_round=False)
+                    runs[key] = one_run(cfg, args.out / key, probe=False)
                     print(key, runs[key]["accuracy"], flush=True)
+            if "tune" in args.methods:
+                key = f"{task_name}/tune/s{seed}"
+                runs[key] = tune_run(
+                    config(args, task, data, parties, args.local_steps, seed, key), args.out / key
+                )
+                print(key, runs[key]["accuracy"], flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(summary(results))
     print(summary(results))
