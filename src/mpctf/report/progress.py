@@ -77,7 +77,8 @@ class ProgressView:
         lines = [
             Text(
                 f"round {r['round']}: accuracy {score_cell(r, 'accuracy')}, eval loss {score_cell(r, 'eval_loss')}, "
-                f"up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB"
+                + (f"val accuracy {score_cell(r, 'val_accuracy')}, " if "val_accuracy" in r else "")
+                + f"up {r.get('cumulative_bytes_up', 0) / 1e6:.2f} MB"
             )
             for r in self.rounds
         ]
