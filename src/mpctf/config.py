@@ -195,10 +195,10 @@ class TrainingConfig(Strict):
     local_steps: PositiveInt | None = None
     max_length: Annotated[int, Field(ge=8)] = 128
     #: What an over-long row loses (classification and instruction tasks): the text field is cut, never the
-    #: template, so the instruction and the answer cue always stay. ``keep_start`` keeps the text's beginning
-    #: (an e-mail's subject, a review's opening), ``keep_end`` its end. The default is chosen by measurement:
-    #: docs/results.md, "Truncation".
-    truncation: Literal["keep_start", "keep_end"] = "keep_start"
+    #: template, so the instruction and the answer cue always stay. ``keep_end`` keeps the text's end,
+    #: ``keep_start`` its beginning (an e-mail's subject, a review's opening). The default is the one that
+    #: measured better: docs/results.md, "Truncation: which end of the text to keep".
+    truncation: Literal["keep_start", "keep_end"] = "keep_end"
     #: Torch CPU threads per party process; by default the host's cores shared among its party processes.
     threads: PositiveInt | None = None
     #: Processes that train each party's round together (torch.distributed data parallel: gloo on CPU, NCCL on

@@ -49,10 +49,11 @@ def test_an_overlong_row_keeps_the_template_and_the_chosen_end_of_its_text(token
     assert example.input_ids[example.prompt_len :] == task.ids(" yes")
 
 
-def test_the_default_keeps_the_start_of_the_text(tokenizer) -> None:
+def test_the_default_keeps_the_end_of_the_text_and_the_whole_template(tokenizer) -> None:
     task = classification(tokenizer, max_length=40)
     prompt = decoded_prompt(task, task.encode({"text": WORDS, "label": "ham"}, "row 1"))
-    assert prompt.removeprefix("Subject and body: ").startswith("w0 ")
+    assert prompt.startswith("Subject and body: ") and "w0 " not in prompt
+    assert prompt.endswith(" w39\nIs this e-mail spam? Answer:")
 
 
 def test_a_row_that_fits_is_untouched(tokenizer) -> None:
@@ -71,7 +72,9 @@ def test_a_template_longer_than_max_length_is_a_one_line_error(tokenizer) -> Non
 
 
 def test_without_the_text_field_in_the_template_the_longest_field_is_cut(tokenizer) -> None:
-    task = classification(tokenizer, max_length=40, prompt="From {sender}: {body}\nSpam? Answer:")
+    task = classification(
+        tokenizer, max_length=40, truncation="keep_start", prompt="From {sender}: {body}\nSpam? Answer:"
+    )
     example = task.encode({"sender": "Ann Lee", "body": WORDS, "label": "spam"}, "row 1")
     prompt = decoded_prompt(task, example)
     assert prompt.startswith("From Ann Lee: w0 ") and prompt.endswith("\nSpam? Answer:")
