@@ -140,18 +140,18 @@ def _write_table(
     out: Path, trials: list[Trial], schedule: list[int], metric: str, test: dict[int, float | None]
 ) -> Path:
     """``trials.csv`` and ``trials.md``: every trial's settings and its validation score after each rung."""
+    rung = [f"{metric} @ {r} round{'s' if r > 1 else ''}" for r in schedule]
+    test_key = "test accuracy at its last round (not used to choose)"
     rows = [
         {
             "trial": t.name,
             **{k: json.dumps(v) for k, v in t.overrides.items()},
-            **{f"{metric} @ {r} rounds": f"{s:.4f}" for r, s in t.scores},
-            "test accuracy at its last round (not used to choose)": (
-                f"{test[t.number]:.4f}" if test.get(t.number) is not None else ""
-            ),
+            **{rung[schedule.index(r)]: f"{s:.4f}" for r, s in t.scores},
+            test_key: f"{test[t.number]:.4f}" if test.get(t.number) is not None else "",
         }
         for t in trials
     ]
-    keys = list(dict.fromkeys(k for row in rows for k in row))
+    keys = ["trial", *dict.fromkeys(k for t in trials for k in t.overrides), *rung, test_key]
     with (out / "trials.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
