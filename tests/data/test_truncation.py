@@ -109,3 +109,9 @@ def test_a_reply_longer_than_max_length_leaves_room_for_the_whole_template(token
     # Nothing of the template is lost; the reply keeps its start.
     assert prompt.startswith(empty[: empty.index("Reply to: ")]) and "Reply to: " in prompt
     assert task.tokenizer.decode(example.input_ids[example.prompt_len :]).startswith("w0 w1")
+
+
+def test_an_empty_answer_text_is_a_one_line_error(tokenizer) -> None:
+    config = TaskConfig(type="classification", prompt=PROMPT, labels={"spam": "", "ham": " no"})
+    with pytest.raises(DataError, match=r"task\.labels: the answer text of label 'spam' is empty"):
+        ClassificationTask(config, tokenizer, 40)

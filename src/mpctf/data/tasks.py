@@ -58,6 +58,9 @@ class ClassificationTask(Task):
         self.labels = config.labels
         self.label_values = list(config.labels)
         self.answer_ids = [self.ids(text) for text in config.labels.values()]
+        empty = [label for label, ids in zip(config.labels, self.answer_ids, strict=True) if not ids]
+        if empty:
+            raise DataError(f"task.labels: the answer text of label {empty[0]!r} is empty; give it a word")
         first = [ids[0] for ids in self.answer_ids]
         if len(set(first)) != len(first):
             raise DataError(
