@@ -59,7 +59,7 @@ def test_a_party_never_trains_on_its_validation_rows(tmp_path: Path) -> None:
     plain = load_config(tiny_config_dict(tmp_path))
     data, whole = FederatedData(cfg), FederatedData(plain)
     for party in ("alice", "bob"):
-        train, val = data.party_rows(party), data.party_validation_rows(party)
+        train, val = data.party_split(party)
         everything = whole.party_rows(party)
         assert len(val) == round(0.25 * len(everything)) and len(train) + len(val) == len(everything)
         key = [(r["text"], r["movie_name"]) for r in train]
@@ -144,3 +144,10 @@ def test_a_resumed_run_continues_the_best_round_and_the_patience_count() -> None
     tracker = FederatedValidation(ValidationConfig(patience=3), "m", True)
     tracker.restore(records, up_to=2)
     assert (tracker.best_round, tracker.since_best) == (1, 1)
+
+
+def test_a_report_on_a_best_round_without_its_score_skips_the_line(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"event": "round", "round": 1, "accuracy": 0.5}\n{"event": "run_end", "best_round": 1}\n'
+    )
+    assert "Best round" not in render_report(tmp_path, strict=True).read_text()

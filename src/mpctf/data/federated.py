@@ -85,13 +85,11 @@ class FederatedData:
     def party_rows(self, party: str) -> Rows:
         """The training rows of one party: its own files, or its share of the shared dataset (less its
         validation slice when ``data.validation`` is set)."""
-        return self._validation_split(party)[0]
+        return self.party_split(party)[0]
 
-    def party_validation_rows(self, party: str) -> Rows:
-        """The party's validation slice (``data.validation``), disjoint from its training rows."""
-        return self._validation_split(party)[1]
-
-    def _validation_split(self, party: str) -> tuple[Rows, Rows]:
+    def party_split(self, party: str) -> tuple[Rows, Rows]:
+        """The party's training rows and its validation slice (``data.validation``; empty when it is off),
+        read once."""
         rows = self._all_party_rows(party)
         val = self.config.data.validation
         if val is None:

@@ -40,14 +40,10 @@ class PartyWorker:
         self.training = config.party_training(party)
         self.bundle = bundle if bundle is not None else ModelBundle.load(config, self.training)
         self.task = make_task(config, self.bundle.tokenizer)
-        data = FederatedData(config)
-        self.examples = self.task.encode_all(data.party_rows(party), f"party {party!r} data")
+        train_rows, validation_rows = FederatedData(config).party_split(party)
+        self.examples = self.task.encode_all(train_rows, f"party {party!r} data")
         #: The held-out slice of the party's own rows that federated validation scores (``data.validation``).
-        self.validation = (
-            self.task.encode_all(data.party_validation_rows(party), f"party {party!r} validation data")
-            if config.data.validation is not None
-            else []
-        )
+        self.validation = self.task.encode_all(validation_rows, f"party {party!r} validation data")
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
         self.uplink = chain_from_specs(config.communication.uplink)
         self.downlink = chain_from_specs(config.communication.downlink)

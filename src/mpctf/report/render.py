@@ -40,9 +40,9 @@ def _validation_lines(records: list[Record]) -> list[str]:
     end = next((r for r in records if r["event"] == "run_end"), None)
     last = next((r for r in reversed(records) if r["event"] == "round" and "best_round" in r), None)
     best = end if end is not None and "best_round" in end else last
-    if best is None:
+    metric = next((k for k in best if k.startswith("best_val_")), None) if best is not None else None
+    if best is None or metric is None:
         return []
-    metric = next(k for k in best if k.startswith("best_val_"))
     lines = [
         f"Best round by federated validation (the parties' held-out rows, never the test set): "
         f"**{best['best_round']}** ({metric.removeprefix('best_').replace('_', ' ')} {best[metric]:.4f}); "
