@@ -43,7 +43,9 @@ class PartyWorker:
         train_rows, validation_rows = FederatedData(config).party_split(party)
         self.examples = self.task.encode_all(train_rows, f"party {party!r} data")
         #: The held-out slice of the party's own rows that federated validation scores (``data.validation``).
-        self.validation = self.task.encode_all(validation_rows, f"party {party!r} validation data")
+        self.validation = (
+            self.task.encode_all(validation_rows, f"party {party!r} validation data") if validation_rows else []
+        )
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
         self.uplink = chain_from_specs(config.communication.uplink)
         self.downlink = chain_from_specs(config.communication.downlink)
