@@ -4,7 +4,8 @@
 worker. Before a faulty round the handler touches ``MPCTF_TEST_MARKERS/PARTY-ROUND`` so a test knows the party is
 inside that round. Faults:
 
-- ``hang``: never answer (sleep for an hour); ``sleep:N``: answer N seconds late;
+- ``hang``: never answer (sleep for an hour); ``sleep:N``: answer N seconds late; ``wait:NAME``: answer once
+  the test has touched ``MPCTF_TEST_MARKERS/NAME`` (at most 5 minutes late);
 - ``garbage``: bytes that are no message; ``oversized:N``: N bytes of zeros;
 - ``impersonate``: a real update that claims to come from ``alice``;
 - ``bad_header``: valid tensors under a header with no ``num_samples``.
@@ -38,6 +39,11 @@ def make_handler(config: str, party: str, threads: str | None = None) -> PartyHa
             time.sleep(3600)
         if kind == "sleep":
             time.sleep(float(arg))
+            return inner(payload)
+        if kind == "wait":
+            deadline = time.monotonic() + 300
+            while not (markers / arg).exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
             return inner(payload)
         if kind == "garbage":
             return b"\x13not a safetensors message" * 10

@@ -29,8 +29,8 @@ def test_killed_worker_is_restarted_and_its_party_rejoins(
     markers.mkdir()
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPCTF_TEST_MARKERS", str(markers))
-    # bob hangs in round 1 until killed; alice takes her time in round 2 so that bob's worker is back for round 3.
-    monkeypatch.setenv("MPCTF_TEST_FAULTS", json.dumps({"bob": {"1": "hang"}, "alice": {"2": "sleep:20"}}))
+    # bob hangs in round 1 until killed; alice holds round 2 until bob's worker is back, so it serves round 3.
+    monkeypatch.setenv("MPCTF_TEST_FAULTS", json.dumps({"bob": {"1": "hang"}, "alice": {"2": "wait:bob-back"}}))
     monkeypatch.setattr(federation, "HANDLER_FACTORY", "faulty_party:make_handler")
     config = load_config(
         tiny_config_dict(
@@ -51,9 +51,18 @@ def test_killed_worker_is_restarted_and_its_party_rejoins(
         deadline = time.monotonic() + 600
         while not (markers / "bob-1").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        pid = json.loads((run_dir / "parties" / "bob" / "worker.json").read_text())["pid"]
+        ready = run_dir / "parties" / "bob" / "worker.json"
+        pid = json.loads(ready.read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
+        while time.monotonic() < deadline:  # the restarted worker rewrites its ready marker
+            try:
+                if json.loads(ready.read_text())["pid"] != pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        (markers / "bob-back").touch()
 
     threading.Thread(target=kill_bob_inside_round_1, daemon=True).start()
     federation.run_flower(config, run_dir, resume=False, listeners=[])

@@ -131,7 +131,7 @@ def test_straggler_is_dropped_at_the_deadline(
     run_dir = tmp_path / "run"
     began = time.monotonic()
     run_processes(
-        _config(tmp_path, rounds=2, **{"federation.round_timeout_s": 20}),
+        _config(tmp_path, rounds=2, **{"federation.round_timeout_s": 10}),
         run_dir,
         resume=False,
         listeners=[],
@@ -142,8 +142,8 @@ def test_straggler_is_dropped_at_the_deadline(
     parties = _party_rounds(run_dir)
     assert parties[(2, "alice")]["status"] == "ok"
     bob = parties[(2, "bob")]
-    assert bob["status"] == "failed" and bob["reason"] == "no reply within 20 s"
-    assert 20 <= bob["seconds"] < 40
+    assert bob["status"] == "failed" and bob["reason"] == "no reply within 10 s"
+    assert 10 <= bob["seconds"] < 30
 
 
 def test_bad_messages_are_rejected_and_the_server_lives(
