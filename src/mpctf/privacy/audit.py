@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from scipy import optimize, stats
 
@@ -129,4 +130,68 @@ def epsilon_lower_bound(seen: list[float], unseen: list[float], delta: float, al
         for num, den in ((1 - delta - fnr, fpr), (1 - delta - fpr, fnr)):
             if num > 0 and den > 0:
                 best = max(best, math.log(num) - math.log(den))
+    return best
+
+
+# --- One run, sample level: Steinke, Nasr, Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023.
+# ``m`` canary rows are each trained on with probability ½. After training the auditor guesses "included" for the
+# ``k`` best-scored canaries and "excluded" for the ``k`` worst; with ``v`` of those ``r = 2k`` guesses right,
+# (ε, δ)-DP implies P[V ≥ v] ≤ P[Bin(r, e^ε/(1+e^ε)) ≥ v] + 2mδ·α (their Theorem 3 and Appendix D). The largest ε
+# this rejects at confidence 1 − p is a lower bound on the ε of the mechanism that ran.
+
+#: Guesses tried, as fractions of the canaries on each side; Bonferroni shares the confidence out over them.
+GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def one_run_p_value(canaries: int, guesses: int, correct: int, epsilon: float, delta: float) -> float:
+    """The probability that ``correct`` or more of ``guesses`` are right under ``(epsilon, delta)``-DP, with
+    ``canaries`` canaries in all (Steinke et al.'s Theorem 3 with its δ term)."""
+    q = 1.0 / (1.0 + math.exp(-epsilon))
+    beta = float(stats.binom.sf(correct - 1, guesses, q))
+    if correct == 0 or delta == 0:
+        return min(beta, 1.0)
+    # α = max over i = 1..v of P[v − i ≤ Bin(r, q) < v] / i
+    i = np.arange(1, correct + 1)
+    alpha = float(np.max(np.cumsum(stats.binom.pmf(correct - i, guesses, q)) / i))
+    return min(beta + alpha * delta * 2 * canaries, 1.0)
+
+
+def one_run_epsilon_lower_bound(
+    canaries: int, guesses: int, correct: int, delta: float, confidence: float = 0.95
+) -> float:
+    """The largest ε that ``correct`` right guesses out of ``guesses`` reject at ``confidence`` (0 if none)."""
+    p = 1.0 - confidence
+    if guesses == 0 or one_run_p_value(canaries, guesses, correct, 0.0, delta) >= p:
+        return 0.0
+    low, high = 0.0, 1.0
+    while one_run_p_value(canaries, guesses, correct, high, delta) < p:
+        low, high = high, high * 2
+        if high > 512:
+            return math.inf
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if one_run_p_value(canaries, guesses, correct, mid, delta) < p else (low, mid)
+    return low
+
+
+def one_run_audit(
+    scores: list[float], included: list[bool], delta: float, confidence: float = 0.95
+) -> tuple[float, int, int]:
+    """``(ε lower bound, guesses, right guesses)`` from every canary's score (higher: more likely trained on)
+    and whether it was in fact included; the best of :data:`GUESS_FRACTIONS`, each at
+    ``1 − (1 − confidence)/len(GUESS_FRACTIONS)`` so that picking the best keeps the confidence."""
+    if len(scores) != len(included):
+        raise ValueError(f"{len(scores)} scores for {len(included)} canaries")
+    m = len(scores)
+    order = sorted(range(m), key=lambda i: scores[i])
+    level = 1.0 - (1.0 - confidence) / len(GUESS_FRACTIONS)
+    best = (0.0, 0, 0)
+    for fraction in GUESS_FRACTIONS:
+        k = min(max(int(m * fraction), 1), m // 2)
+        if k == 0:
+            continue
+        right = sum(included[i] for i in order[m - k :]) + sum(not included[i] for i in order[:k])
+        bound = one_run_epsilon_lower_bound(m, 2 * k, right, delta, level)
+        if bound > best[0] or best[1] == 0:
+            best = (bound, 2 * k, right)
     return best
