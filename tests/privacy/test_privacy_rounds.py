@@ -157,15 +157,22 @@ def test_distributed_dp_with_secure_aggregation_and_adaptive_clipping(tmp_path: 
 
 
 @pytest.mark.slow
-def test_dp_sgd_reports_growing_epsilon_per_party(tmp_path: Path) -> None:
+def test_dp_sgd_reports_growing_epsilon_per_party_and_its_canary_audit(tmp_path: Path) -> None:
     sample_dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
-    cfg = tiny_config_dict(tmp_path, **{"privacy": {"sample_dp": sample_dp}})
+    cfg = tiny_config_dict(tmp_path, **{"privacy": {"sample_dp": sample_dp, "audit": {"canary_rows": 24}}})
     run(cfg, tmp_path / "run")
     records = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
     for party in ("alice", "bob"):
         eps = [r["dp_sgd_epsilon"] for r in records if r["party"] == party]
         assert len(eps) == 2 and all(math.isfinite(e) and e > 0 for e in eps) and eps[0] < eps[1]
-    assert "Sample-level DP-SGD" in (tmp_path / "run/report.md").read_text()
+        audits = [r for r in records if r["party"] == party]
+        # Noise σ = 1 over a few steps: the canaries prove no more than the ledger allows.
+        assert all(0 <= r["audit_rows_epsilon_lower_bound"] <= r["dp_sgd_epsilon"] for r in audits)
+        assert all(0 < r["audit_rows_guesses"] <= 24 and r["audit_rows_seconds"] > 0 for r in audits)
+    report = (tmp_path / "run/report.md").read_text()
+    assert "Sample-level DP-SGD" in report
+    assert "Empirical check of DP-SGD (canary rows, one-run audit)" in report
+    assert "VIOLATED" not in report
 
 
 def _dp_sgd_update_norms(tmp_path: Path, strategy: dict[str, Any]) -> list[float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 import string
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -202,6 +203,32 @@ class Task(ABC):
         """The training loss of one batch: mean cross-entropy over its supervised tokens."""
         logits, targets, _ = scored_logits(model, batch)
         return answer_loss(logits, targets)
+
+    @torch.no_grad()
+    def row_nll(
+        self, model: torch.nn.Module, examples: Sequence[Example], *, batch_size: int, device: torch.device
+    ) -> list[tuple[float, int]]:
+        """``(summed negative log-likelihood, supervised tokens)`` of each example, in order: what membership
+        tests and canary audits score a row by."""
+        model.eval()
+        out: list[tuple[float, int]] = []
+        for i in range(0, len(examples), batch_size):
+            batch = self.collate(examples[i : i + batch_size]).to(device)
+            logits, targets, _ = scored_logits(model, batch)
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+            )
+            counts = (targets != IGNORE).sum(dim=1)
+            out += [(float(s), int(c)) for s, c in zip(nll.sum(dim=1), counts, strict=True)]
+        return out
+
+    def canary(self, like: Example, rng: random.Random) -> Example:
+        """A canary row shaped like ``like``: random tokens throughout (at most 32), so only memorising it can
+        lower its loss. Classification overrides it to answer with a random label."""
+        vocab = len(self.tokenizer)  # type: ignore[arg-type]
+        length = min(len(like.input_ids), 32)
+        prompt_len = min(like.prompt_len, length - 1)
+        return Example([rng.randrange(vocab) for _ in range(length)], prompt_len, like.label)
 
     @abstractmethod
     def evaluate(

@@ -22,6 +22,7 @@ from mpctf.data.tasks import make_task
 from mpctf.messages import RoundTask, Update, pack
 from mpctf.model.bundle import ModelBundle
 from mpctf.party.attack import poison_update
+from mpctf.party.canaries import CanaryRows
 from mpctf.party.distributed import PartyRanks
 from mpctf.party.planning import memory_report, party_stats
 from mpctf.party.privacy import PartyPrivacy, hides_update
@@ -44,7 +45,9 @@ class PartyWorker:
         self.examples = self.task.encode_all(train_rows, f"party {party!r} data")
         #: The held-out slice of the party's own rows that federated validation scores (``data.validation``).
         self.validation = (
-            self.task.encode_all(validation_rows, f"party {party!r} validation data") if validation_rows else []
+            self.task.encode_all(validation_rows, f"party {party!r} validation data")
+            if validation_rows
+            else []
         )
         self.strategy_cls, _ = resolve_spec(STRATEGIES, config.federation.strategy, "federation.strategy")
         self.uplink = chain_from_specs(config.communication.uplink)
@@ -58,9 +61,29 @@ class PartyWorker:
         self._reported_load = False
         #: Clip/noise, masking or encryption of the update, and the keys this party holds for them.
         self.privacy = PartyPrivacy(config.privacy, party)
+        #: The one-run audit of this party's DP-SGD, when ``privacy.audit.canary_rows`` asks for it.
+        self.canaries = self._canaries()
         world = config.party_processes(party)
         #: The party's other training processes, when it has several (this process is rank 0).
         self.ranks = PartyRanks(config, party, world, self.bundle) if world > 1 else None
+
+    def _canaries(self) -> CanaryRows | None:
+        audit = self.config.privacy.audit
+        if audit is None or not audit.canary_rows or self.privacy.local_dp() is None:
+            return None
+        canaries = CanaryRows(self.task, self.examples, audit)
+        self.examples = self.examples + canaries.trained()
+        return canaries
+
+    def _audit_canaries(self, earlier: float) -> dict[str, float]:
+        """The canary rows' bound under the model just trained (what this round releases), and the seconds the
+        audit took this round (``earlier``: those it spent before training)."""
+        assert self.canaries is not None
+        began = time.perf_counter()
+        delta = self.config.privacy.sample_dp.delta  # type: ignore[union-attr]  (canaries need sample_dp)
+        bundle = self.bundle
+        metrics = self.canaries.audit(bundle.model, bundle.device, self.config.data.eval.batch_size, delta)
+        return metrics | {"audit_rows_seconds": time.perf_counter() - began + earlier}
 
     def close(self) -> None:
         """Stop the party's other training processes, if any."""
@@ -133,7 +156,13 @@ class PartyWorker:
         )
         if self.ranks is None:
             bundle.mode.set_state(bundle.model, received)
+            scoring = time.perf_counter()
+            if self.canaries is not None:
+                self.canaries.before_training(bundle.model, bundle.device, self.config.data.eval.batch_size)
+            scoring = time.perf_counter() - scoring
             stats, private_metrics = self._train(chunk, settings, hooks)
+            if self.canaries is not None:
+                private_metrics |= self._audit_canaries(scoring)
             local = bundle.mode.get_state(bundle.model)
         else:  # DP-SGD with several processes is refused at validation
             with self.ranks.round(

@@ -75,15 +75,29 @@ def incompatibilities(
     if hidden is not None:
         problems.extend(_codec_problems(hidden, codecs, config))
     problems.extend(_dp_problems(config, hidden))
-    for traits in _enabled(config).values():
-        if traits.audits_party_level_dp and config.client_dp is None:
-            problems.append(f"the {traits.title} checks client-level DP's ledger; enable privacy.client_dp.")
+    if any(traits.audits_dp for traits in _enabled(config).values()):
+        problems.extend(_audit_problems(config))
     if config.sample_dp is not None and training_mode is not None and not training_mode.per_example_gradients:
         problems.append(
             f"sample-level DP-SGD needs Opacus's per-example gradients of the trainable layers, which training "
             f"mode {training_mode.registered_name!r} does not provide; use training.mode 'lora'."
         )
     return problems
+
+
+def _audit_problems(config: PrivacyConfig) -> list[str]:
+    assert config.audit is not None
+    if config.audit.canary_rows and config.sample_dp is None:
+        return [
+            "privacy.audit.canary_rows audits sample-level DP-SGD's ledger; enable privacy.sample_dp or set "
+            "canary_rows to 0."
+        ]
+    if not config.audit.canary_rows and config.client_dp is None:
+        return [
+            "the empirical privacy audit checks client-level DP's ledger with canary updates, or DP-SGD's with "
+            "canary rows; enable privacy.client_dp, or privacy.sample_dp with privacy.audit.canary_rows."
+        ]
+    return []
 
 
 def _codec_problems(hidden: MechanismTraits, codecs: list[type[Codec]], config: PrivacyConfig) -> list[str]:

@@ -45,7 +45,8 @@ class SampleDpConfig(_Section):
 
 
 class AuditParams(_Section):
-    """In-run empirical privacy estimation (``privacy.audit``): canaries that check client DP's ledger."""
+    """In-run empirical privacy auditing (``privacy.audit``): canary updates that check client DP's ledger, and
+    canary rows that check sample-level DP-SGD's."""
 
     #: Canaries inserted (each takes part in a round with the round's sampling rate).
     canaries: int = Field(100, ge=2)
@@ -53,8 +54,11 @@ class AuditParams(_Section):
     unseen: int = Field(100, ge=2)
     #: Coordinates the statistic reads at most (a random subset of the trainable state when it has more).
     max_dim: int = Field(2**20, ge=1000)
-    #: Confidence of the lower bound: ``1 − alpha``.
+    #: Confidence of the lower bounds: ``1 − alpha``.
     alpha: float = Field(0.05, gt=0, lt=1)
+    #: Canary rows each party builds, each trained on with probability ½, to bound DP-SGD's ε from below in one
+    #: run (Steinke, Nasr, Jagielski 2023); 0: none.
+    canary_rows: int = Field(0, ge=0)
 
 
 class PrivacyConfig(_Section):

@@ -34,6 +34,7 @@ def guarantee_lines(setup: Record | None, rounds: list[Record], parties: list[Re
             "party ε Opacus reported), against anyone who sees that party's updates or the model."
         )
     lines += _audit_lines(accounted)
+    lines += _row_audit_lines(parties)
     lines += _warnings(setup, accounted, parties)
     return [*lines, ""] if lines else []
 
@@ -57,6 +58,33 @@ def _audit_lines(accounted: list[Record]) -> list[str]:
             f"PRIVACY ACCOUNTING VIOLATED in round(s) {', '.join(map(str, violated))}: the run leaked more than "
             "its ledger says (a lower bound or a whole estimate interval above the ledger's ε); do not rely on "
             "the ε above."
+        )
+    return lines
+
+
+def _row_audit_lines(parties: list[Record]) -> list[str]:
+    """Each party's one-run lower bound on its DP-SGD's ε (its last round), and a loud line above the ledger."""
+    audited = [p for p in parties if "audit_rows_epsilon_lower_bound" in p]
+    if not audited:
+        return []
+    last = {p["party"]: p for p in audited}  # records are in round order
+    lines = [
+        "Empirical check of DP-SGD (canary rows, one-run audit), lower bound at 95 % confidence against the "
+        "party's ledger: "
+        + ", ".join(
+            f"{name} ε ≥ {p['audit_rows_epsilon_lower_bound']:.3g} (ledger {p['dp_sgd_epsilon']:.3g}, "
+            f"{p['audit_rows_correct']:.0f} of {p['audit_rows_guesses']:.0f} guesses right)"
+            for name, p in sorted(last.items())
+        )
+        + "."
+    ]
+    violated = sorted(
+        {p["party"] for p in audited if p["audit_rows_epsilon_lower_bound"] > p["dp_sgd_epsilon"]}
+    )
+    if violated:
+        lines.append(
+            f"PRIVACY ACCOUNTING VIOLATED at {', '.join(violated)}: the canary rows prove more leakage than "
+            "the party's DP-SGD ledger allows; do not rely on its ε."
         )
     return lines
 

@@ -16,6 +16,10 @@ the canaries are then random directions of that subspace, so the cost a round is
 (``benchmarks/privacy_overhead.py`` measures it). With a server optimiser other than plain averaging (FedAdam,
 FedAvgM) the released mean is not added to the model as it is; the shadow still sums the released means, which
 is what the noise protects.
+
+With ``canary_rows`` the stage also reads what each party's canary rows prove about its sample-level DP-SGD
+(:mod:`mpctf.party.canaries`, Steinke, Nasr, Jagielski 2023): the largest lower bound goes into the round's
+metrics, and one above the party's own Opacus ε is a violation too.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from typing import Any
 
 import torch
 
-from mpctf.messages import NamedTensors
+from mpctf.messages import NamedTensors, Update
 from mpctf.privacy.config import AuditParams
 from mpctf.privacy.stages.base import STAGES, Exchange, MechanismTraits, PrivacyStage, RoundState, RunInfo
 
 
 @STAGES.register("audit")
 class AuditStage(PrivacyStage):
-    traits = MechanismTraits("empirical privacy audit", audits_party_level_dp=True)
+    traits = MechanismTraits("empirical privacy audit", audits_dp=True)
     order = 5
     params: AuditParams
 
@@ -69,9 +73,26 @@ class AuditStage(PrivacyStage):
         assert self.coordinates is not None
         return canary_direction(self.seed, index, self.coordinates.numel())
 
+    def observe(self, state: RoundState, update: Update) -> None:
+        """A party's one-run bound on its DP-SGD's ε (``canary_rows``, :mod:`mpctf.party.canaries`), against the
+        ε its own ledger reports."""
+        bound = update.metrics.get("audit_rows_epsilon_lower_bound")
+        if bound is None:
+            return
+        key = "audit_rows_epsilon_lower_bound"
+        state.metrics[key] = max(bound, state.metrics.get(key, 0.0))
+        ledger = update.metrics.get("dp_sgd_epsilon", math.inf)
+        if bound > ledger:
+            state.metrics["audit_violated"] = True
+            state.warnings.append(
+                f"privacy accounting violated: party {update.party!r}'s canary rows give a lower bound "
+                f"{bound:.4g} on its DP-SGD epsilon, above its ledger's {ledger:.4g}"
+            )
+
     def finish(self, state: RoundState, total: NamedTensors, exchange: Exchange) -> NamedTensors:
         """Fold the round's released mean and its canaries into the shadow; estimate ε from the cosines."""
-        assert "dp_clip_norm" in state.metrics, "the audit runs after client DP has released the round"
+        if "dp_clip_norm" not in state.metrics:  # no client-level DP: only the parties' canary rows audit
+            return total
         released = self._flat(total)
         assert self.released is not None and self.shadow is not None
         self.released += released
@@ -82,8 +103,10 @@ class AuditStage(PrivacyStage):
                 self.inserted[j] += 1
                 self.shadow += self._direction(j) * (clip / divisor)
         ledger = state.metrics.get("dp_epsilon", math.inf)
-        state.metrics |= self._estimate(ledger, state.metrics["dp_delta"])
-        if state.metrics["audit_violated"]:
+        rows_violated = state.metrics.get("audit_violated", False)  # a party's canary rows (observe)
+        estimate = self._estimate(ledger, state.metrics["dp_delta"])
+        state.metrics |= estimate | {"audit_violated": estimate["audit_violated"] or rows_violated}
+        if estimate["audit_violated"]:
             state.warnings.append(
                 f"privacy accounting violated: round {state.round} leaked more than the ledger's epsilon "
                 f"{ledger:.4g} (audit lower bound {state.metrics['audit_epsilon_lower_bound']:.4g}, estimate "

@@ -41,8 +41,8 @@ class MechanismTraits:
     carries_clip_count: bool = False
     #: Its guarantee needs every party to count equally in the aggregate (DP's sensitivity bound).
     uniform_weights: bool = False
-    #: It checks client-level DP's ledger (and so needs client-level DP on).
-    audits_party_level_dp: bool = False
+    #: It checks a DP ledger (client-level DP's, or DP-SGD's with canary rows), so needs one on.
+    audits_dp: bool = False
 
 
 #: ``{party: request bytes} → {party: reply bytes}`` for the parties that answered (the others dropped).
