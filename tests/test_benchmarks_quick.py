@@ -162,3 +162,21 @@ def test_robustness_quick(tmp_path: Path) -> None:
     # The probe saw every party's update in every round.
     probe = [json.loads(x) for x in (tmp_path / "sms/fed/keep/s0/probe.jsonl").read_text().splitlines()]
     assert [len(p["norms"]) for p in probe] == [2, 2] and all(len(p["cos_pairs"]) == 1 for p in probe)
+
+
+@pytest.mark.slow
+def test_privacy_audit_quick(tmp_path: Path) -> None:
+    text = run_benchmark("privacy_audit.py", tmp_path)
+    for run in ("plain", "secagg", "dp8", "sgd8"):
+        assert f"| {run} |" in text
+    results = json.loads((tmp_path / "results.json").read_text())["runs"]
+    for run in ("plain", "dp8", "sgd8"):
+        attacks = results[run]["membership"]
+        assert all(0 <= attacks[f"{a}_auc"] <= 1 for a in ("loss", "lira", "loss_party", "lira_party"))
+    # The ledgers and their audits: client DP's canary updates, DP-SGD's canary rows.
+    assert results["dp8"]["dp_epsilon"] == pytest.approx(8, rel=0.01)
+    assert results["dp8"]["audit_epsilon_lower_bound"] <= results["dp8"]["dp_epsilon"]
+    assert 0 <= results["sgd8"]["audit_rows_epsilon_lower_bound"] <= results["sgd8"]["dp_sgd_epsilon"]
+    # The server saw four updates in the clear, one sum under secure aggregation.
+    assert results["plain"]["labels"]["updates_seen"] == 4 and results["secagg"]["labels"]["updates_seen"] == 1
+    assert (tmp_path / "audit.png").stat().st_size > 0
