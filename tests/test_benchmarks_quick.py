@@ -178,5 +178,7 @@ def test_privacy_audit_quick(tmp_path: Path) -> None:
     assert results["dp8"]["audit_epsilon_lower_bound"] <= results["dp8"]["dp_epsilon"]
     assert 0 <= results["sgd8"]["audit_rows_epsilon_lower_bound"] <= results["sgd8"]["dp_sgd_epsilon"]
     # The server saw four updates in the clear, one sum under secure aggregation.
-    assert results["plain"]["labels"]["updates_seen"] == 4 and results["secagg"]["labels"]["updates_seen"] == 1
+    assert (
+        results["plain"]["labels"]["updates_seen"] == 4 and results["secagg"]["labels"]["updates_seen"] == 1
+    )
     assert (tmp_path / "audit.png").stat().st_size > 0

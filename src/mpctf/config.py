@@ -72,6 +72,21 @@ class PromptTuningConfig(Strict):
     init_text: str | None = None
 
 
+class BlackBoxPromptConfig(Strict):
+    """``mode: blackbox_prompt`` (BBT, Sun et al., ICML 2022; FedBPT, Sun et al., 2023): forward passes only. A
+    vector ``z`` of ``dim`` values, projected by a fixed random matrix (drawn from the run's seed) into the
+    embeddings of ``num_virtual_tokens`` virtual tokens, is searched by CMA-ES at each party; only ``z`` is
+    exchanged."""
+
+    num_virtual_tokens: PositiveInt = 10
+    dim: PositiveInt = 500
+    #: CMA-ES generations a party runs per round, each scoring ``popsize`` candidates on one batch of its rows.
+    generations: PositiveInt = 8
+    popsize: Annotated[int, Field(ge=2)] = 20
+    #: CMA-ES's initial step size in ``z`` space, restarted every round around the global ``z``.
+    sigma: Annotated[float, Field(gt=0)] = 1.0
+
+
 class PrefixTuningConfig(Strict):
     """``mode: prefix_tuning`` (Li and Liang, 2021): trained keys and values prepended in every layer."""
 
@@ -164,16 +179,27 @@ def _check_processes_and_gpus(model: BaseModel, processes: str, gpus: str) -> No
 
 
 #: Sections of ``training`` that belong to one or more modes (a section set for another mode is an error).
-MODE_SECTIONS = ("lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "pretrain")
+MODE_SECTIONS = (
+    "lora",
+    "qlora",
+    "prompt_tuning",
+    "blackbox_prompt",
+    "prefix_tuning",
+    "p_tuning",
+    "ia3",
+    "pretrain",
+)
 
 
 class TrainingConfig(Strict):
     #: What is trained and exchanged: one of the registered training modes (``lora``, ``qlora``, ``ia3``,
-    #: ``prompt_tuning``, ``prefix_tuning``, ``p_tuning``, ``full``, ``pretrain``).
+    #: ``prompt_tuning``, ``prefix_tuning``, ``p_tuning``, ``full``, ``pretrain``, and ``blackbox_prompt``,
+    #: which needs forward passes only).
     mode: str = "lora"
     lora: LoraConfig = LoraConfig()
     qlora: QloraConfig = QloraConfig()
     prompt_tuning: PromptTuningConfig = PromptTuningConfig()
+    blackbox_prompt: BlackBoxPromptConfig = BlackBoxPromptConfig()
     prefix_tuning: PrefixTuningConfig = PrefixTuningConfig()
     p_tuning: PTuningConfig = PTuningConfig()
     ia3: Ia3Config = Ia3Config()
@@ -553,7 +579,7 @@ def load_config(source: str | Path | dict[str, Any], *, party: str | None = None
     # Privacy rules read the strategy's and codecs' declared properties: only once their names are known.
     problems = plugins + _check_paths(config, party) + _check_hosts(config)
     if not plugins:
-        problems += _check_privacy(config)
+        problems += _check_privacy(config) + _check_forward_only(config)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
@@ -730,6 +756,38 @@ def _check_privacy(config: RunConfig) -> list[str]:
             f"{config.party_processes(several[0])} processes"
         )
     return [f"config key `privacy`: {p}" for p in dict.fromkeys(problems)]
+
+
+def _check_forward_only(config: RunConfig) -> list[str]:
+    """What a mode without gradients (``blackbox_prompt``) cannot run with: strategies that act on the parties'
+    gradient steps or on LoRA factors, and several processes per party."""
+    from mpctf.aggregation import STRATEGIES
+    from mpctf.aggregation.base import Strategy
+    from mpctf.model.modes import MODES
+
+    mode = config.training.mode
+    if not MODES.get(mode).forward_only:
+        return []
+    problems = []
+    name = config.federation.strategy.name
+    strategy = STRATEGIES.get(name)
+    if (
+        strategy.party_hooks.__func__ is not Strategy.party_hooks.__func__  # type: ignore[attr-defined]
+        or strategy.merges_into_base
+        or strategy.folds_lora_scale
+    ):
+        problems.append(
+            f"config key `federation.strategy`: {name!r} acts on the parties' gradient steps or LoRA factors, "
+            f"but training.mode {mode!r} searches its prompt without gradients; use a strategy that only "
+            "combines updates (fedavg, fedavgm, fedadam, median, trimmed_mean, ...)"
+        )
+    several = [p for p in config.party_names if config.party_processes(p) > 1]
+    if several:
+        problems.append(
+            f"config key `training.processes_per_party`: training.mode {mode!r} scores its candidates in one "
+            f"process per party, but party {several[0]!r} has {config.party_processes(several[0])}"
+        )
+    return problems
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:

@@ -30,7 +30,9 @@ def test_killed_worker_is_restarted_and_its_party_rejoins(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPCTF_TEST_MARKERS", str(markers))
     # bob hangs in round 1 until killed; alice holds round 2 until bob's worker is back, so it serves round 3.
-    monkeypatch.setenv("MPCTF_TEST_FAULTS", json.dumps({"bob": {"1": "hang"}, "alice": {"2": "wait:bob-back"}}))
+    monkeypatch.setenv(
+        "MPCTF_TEST_FAULTS", json.dumps({"bob": {"1": "hang"}, "alice": {"2": "wait:bob-back"}})
+    )
     monkeypatch.setattr(federation, "HANDLER_FACTORY", "faulty_party:make_handler")
     config = load_config(
         tiny_config_dict(

@@ -16,8 +16,11 @@ from mpctf.model.bundle import ModelBundle
 from mpctf.model.modes import MODES
 from support import tiny_config_dict
 
-#: Modes that run on this machine (qlora needs CUDA and bitsandbytes).
-CPU_MODES = [m for m in MODES.names() if m != "qlora" or torch.cuda.is_available()]
+#: Gradient-trained modes that run on this machine (qlora needs CUDA and bitsandbytes); the forward-only
+#: blackbox_prompt has its own contract (tests/model/test_blackbox.py).
+CPU_MODES = [
+    m for m in MODES.names() if (m != "qlora" or torch.cuda.is_available()) and not MODES.get(m).forward_only
+]
 
 
 def mode_config(tmp_path: Path, mode: str, **training: Any) -> dict[str, Any]:
@@ -151,6 +154,7 @@ def test_scored_logits_are_the_full_logits_at_the_positions_that_predict_labels(
 
 def test_every_mode_is_registered() -> None:
     assert MODES.names() == [
+        "blackbox_prompt",
         "full",
         "ia3",
         "lora",

@@ -92,7 +92,10 @@ def test_accepts_a_validated_config_and_rejects_unknown_keys():
 def test_the_audit_needs_a_ledger_to_check() -> None:
     dpsgd = {"noise_multiplier": 1, "max_grad_norm": 1}
     assert "enable privacy.client_dp, or privacy.sample_dp" in problems("fedavg", [], {"audit": {}})[0]
-    assert "enable privacy.sample_dp" in problems("fedavg", [], {"client_dp": DP, "audit": {"canary_rows": 8}})[0]
+    assert (
+        "enable privacy.sample_dp"
+        in problems("fedavg", [], {"client_dp": DP, "audit": {"canary_rows": 8}})[0]
+    )
     assert problems("fedavg", [], {"sample_dp": dpsgd, "audit": {"canary_rows": 8}}) == []
     assert problems("fedavg", [], {"client_dp": DP, "audit": {}}) == []
     # DP-SGD's rows are audited by canary rows; without them the audit's canary updates need client DP.

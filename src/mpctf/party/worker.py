@@ -216,6 +216,11 @@ class PartyWorker:
     ) -> tuple[TrainStats, dict[str, float]]:
         """The local round: plain, or with the per-example DP a privacy stage asks for (then the party's ε goes
         into the metrics)."""
+        if self.bundle.mode.forward_only:
+            from mpctf.party.blackbox import train_round_blackbox
+
+            section = self.training.blackbox_prompt
+            return train_round_blackbox(self.bundle, self.task, chunk, settings, section), {}
         local_dp = self.privacy.local_dp()
         if local_dp is None:
             return train_round(

@@ -61,6 +61,8 @@ class TrainingMode(ABC):
     sections: ClassVar[tuple[str, ...]] = ()
     #: True when Opacus computes per-example gradients of this mode's trainable layers (sample-level DP-SGD).
     per_example_gradients: ClassVar[bool] = False
+    #: True when parties only run the model forward (the state is searched without gradients).
+    forward_only: ClassVar[bool] = False
 
     def __init__(self, config: TrainingConfig, model: ModelConfig) -> None:
         self.config = config
