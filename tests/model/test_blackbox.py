@@ -20,7 +20,7 @@ from mpctf.party.blackbox import train_round_blackbox
 from mpctf.party.trainer import TrainSettings
 from support import tiny_config_dict
 
-SECTION = {"dim": 40, "num_virtual_tokens": 3, "generations": 4, "popsize": 6}
+SECTION = {"dim": 40, "num_virtual_tokens": 3, "generations": 3, "popsize": 4}
 
 
 def blackbox_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def test_a_round_of_cma_es_moves_z_towards_a_lower_loss_with_forward_calls_only(
     assert (stats.steps, stats.samples) == (30, 10)
 
 
-def test_a_federation_learns_with_a_few_hundred_bytes_a_round(tmp_path: Path) -> None:
+def test_a_federation_learns_with_a_few_hundred_bytes_a_round_and_resumes(tmp_path: Path) -> None:
     cfg = blackbox_config(tmp_path, **{"federation.rounds": 2})
     result = mpctf.run(cfg, run_dir=tmp_path / "run")
     rounds = result.rounds
@@ -111,6 +111,13 @@ def test_a_federation_learns_with_a_few_hundred_bytes_a_round(tmp_path: Path) ->
     per_party_round = rounds[-1]["cumulative_bytes_up"] / (2 * 2)
     assert per_party_round < 40 * 4 + 512  # z's 40 floats and the message's header
     assert (tmp_path / "run/checkpoints/round-0002/adapter/adapter_model.safetensors").is_file()
+    # Stopped after round 1 and resumed: the same z as the uninterrupted run (CMA-ES restarts each round).
+    mpctf.run(blackbox_config(tmp_path, **{"federation.rounds": 1}), run_dir=tmp_path / "cut")
+    mpctf.run(cfg, run_dir=tmp_path / "cut", resume=True)
+    whole, resumed = (
+        torch.load(tmp_path / f"{d}/checkpoints/round-0002/server_state.pt") for d in ("run", "cut")
+    )
+    assert torch.equal(whole["global_state"]["z"], resumed["global_state"]["z"])
 
 
 @pytest.mark.parametrize(
