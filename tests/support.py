@@ -43,3 +43,16 @@ def tiny_config_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             node = node[part]
         node[last] = value
     return cfg
+
+
+def tiny_party(folder: Path, rows: int) -> tuple[Any, Any, list[Any]]:
+    """``(bundle, task, examples)``: the tiny model loaded as alice's, and her first ``rows`` examples."""
+    from mpctf.config import load_config
+    from mpctf.data.federated import FederatedData
+    from mpctf.data.tasks import make_task
+    from mpctf.model.bundle import ModelBundle
+
+    cfg = load_config(tiny_config_dict(folder))
+    bundle = ModelBundle.load(cfg)
+    task = make_task(cfg, bundle.tokenizer)
+    return bundle, task, task.encode_all(FederatedData(cfg).party_rows("alice"), "alice")[:rows]

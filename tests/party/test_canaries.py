@@ -8,24 +8,16 @@ import pytest
 import torch
 
 from mpctf.aggregation.base import PartyHooks
-from mpctf.config import load_config
-from mpctf.data.federated import FederatedData
 from mpctf.data.task_base import Example, Task, answer_loss, scored_logits
-from mpctf.data.tasks import make_task
-from mpctf.model.bundle import ModelBundle
 from mpctf.party.canaries import CanaryRows
 from mpctf.party.trainer import TrainSettings, train_round
 from mpctf.privacy.config import AuditParams
-from support import tiny_config_dict
+from support import tiny_party
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = load_config(tiny_config_dict(tmp_path_factory.mktemp("canaries")))
-    bundle = ModelBundle.load(cfg)
-    task = make_task(cfg, bundle.tokenizer)
-    examples = task.encode_all(FederatedData(cfg).party_rows("alice"), "alice")[:16]
-    return bundle, task, examples
+    return tiny_party(tmp_path_factory.mktemp("canaries"), 16)
 
 
 def test_a_classification_canary_is_random_tokens_answered_by_a_label(setup) -> None:

@@ -7,23 +7,15 @@ import pytest
 import torch
 
 from mpctf.aggregation.base import PartyHooks
-from mpctf.config import load_config
-from mpctf.data.federated import FederatedData
-from mpctf.data.tasks import make_task
-from mpctf.model.bundle import ModelBundle
 from mpctf.party.trainer import OptimizerMemory, TrainSettings, train_round
-from support import tiny_config_dict
+from support import tiny_party
 
 LR = 1e-3
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = load_config(tiny_config_dict(tmp_path_factory.mktemp("memory")))
-    bundle = ModelBundle.load(cfg)
-    task = make_task(cfg, bundle.tokenizer)
-    examples = task.encode_all(FederatedData(cfg).party_rows("alice"), "alice")[:8]
-    return bundle, task, examples
+    return tiny_party(tmp_path_factory.mktemp("memory"), 8)
 
 
 def one_step(setup, memory: OptimizerMemory | None, seed: int = 0) -> dict[str, torch.Tensor]:
