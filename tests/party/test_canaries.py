@@ -26,7 +26,7 @@ def test_a_classification_canary_is_random_tokens_answered_by_a_label(setup) -> 
     assert len(canaries.rows) == 40
     for row in canaries.rows:
         assert row.input_ids[row.prompt_len :] == task.answer_ids[row.label]
-        assert 1 <= row.prompt_len <= 32
+        assert 1 <= row.prompt_len <= 16
     assert {row.label for row in canaries.rows} == {0, 1}
     trained = canaries.trained()
     assert len(trained) == sum(canaries.included) and 0 < len(trained) < 40
@@ -35,9 +35,9 @@ def test_a_classification_canary_is_random_tokens_answered_by_a_label(setup) -> 
 def test_other_tasks_canaries_keep_the_shape_of_supervision(setup) -> None:
     _, task, _ = setup
     lm_row = Task.canary(task, Example(list(range(50)), 0), random.Random(0))
-    assert (len(lm_row.input_ids), lm_row.prompt_len) == (32, 0)
+    assert (len(lm_row.input_ids), lm_row.prompt_len) == (16, 0)
     chat_row = Task.canary(task, Example(list(range(20)), 12), random.Random(0))
-    assert (len(chat_row.input_ids), chat_row.prompt_len) == (20, 12)
+    assert (len(chat_row.input_ids), chat_row.prompt_len) == (16, 12)
 
 
 def test_row_nll_sums_to_the_batch_loss(setup) -> None:

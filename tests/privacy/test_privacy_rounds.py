@@ -159,16 +159,19 @@ def test_distributed_dp_with_secure_aggregation_and_adaptive_clipping(tmp_path: 
 @pytest.mark.slow
 def test_dp_sgd_reports_growing_epsilon_per_party_and_its_canary_audit(tmp_path: Path) -> None:
     sample_dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
-    cfg = tiny_config_dict(tmp_path, **{"privacy": {"sample_dp": sample_dp, "audit": {"canary_rows": 24}}})
+    privacy = {"sample_dp": sample_dp, "audit": {"canary_rows": 24}}
+    cfg = tiny_config_dict(tmp_path, **{"privacy": privacy, "data.eval.every_rounds": 2})
     run(cfg, tmp_path / "run")
     records = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r["event"] == "party_round"]
     for party in ("alice", "bob"):
         eps = [r["dp_sgd_epsilon"] for r in records if r["party"] == party]
         assert len(eps) == 2 and all(math.isfinite(e) and e > 0 for e in eps) and eps[0] < eps[1]
-        audits = [r for r in records if r["party"] == party]
+        # Round 1 is not scored, so the party spends no forward passes on its canaries then.
+        first, last = (r for r in records if r["party"] == party)
+        assert "audit_rows_epsilon_lower_bound" not in first
         # Noise σ = 1 over a few steps: the canaries prove no more than the ledger allows.
-        assert all(0 <= r["audit_rows_epsilon_lower_bound"] <= r["dp_sgd_epsilon"] for r in audits)
-        assert all(0 < r["audit_rows_guesses"] <= 24 and r["audit_rows_seconds"] > 0 for r in audits)
+        assert 0 <= last["audit_rows_epsilon_lower_bound"] <= last["dp_sgd_epsilon"]
+        assert 0 < last["audit_rows_guesses"] <= 24 and last["audit_rows_seconds"] > 0
     report = (tmp_path / "run/report.md").read_text()
     assert "Sample-level DP-SGD" in report
     assert "Empirical check of DP-SGD (canary rows, one-run audit)" in report

@@ -223,10 +223,10 @@ class Task(ABC):
         return out
 
     def canary(self, like: Example, rng: random.Random) -> Example:
-        """A canary row shaped like ``like``: random tokens throughout (at most 32), so only memorising it can
+        """A canary row shaped like ``like``: random tokens throughout (at most 16), so only memorising it can
         lower its loss. Classification overrides it to answer with a random label."""
         vocab = len(self.tokenizer)  # type: ignore[arg-type]
-        length = min(len(like.input_ids), 32)
+        length = min(len(like.input_ids), 16)
         prompt_len = min(like.prompt_len, length - 1)
         return Example([rng.randrange(vocab) for _ in range(length)], prompt_len, like.label)
 

@@ -95,10 +95,10 @@ class ClassificationTask(Task):
         return [self.encode(r, f"{where} row {i + 1}") for i, r in enumerate(rows)]
 
     def canary(self, like: Example, rng: random.Random) -> Example:
-        """Random prompt tokens (as many as ``like``'s prompt, at most 32) answered by a random label."""
+        """Random prompt tokens (as many as ``like``'s prompt, at most 16) answered by a random label."""
         label = rng.randrange(len(self.answer_ids))
         vocab = len(self.tokenizer)  # type: ignore[arg-type]
-        prompt = [rng.randrange(vocab) for _ in range(max(min(like.prompt_len, 32), 1))]
+        prompt = [rng.randrange(vocab) for _ in range(max(min(like.prompt_len, 16), 1))]
         return Example(prompt + self.answer_ids[label], len(prompt), label)
 
     @torch.no_grad()

@@ -3,9 +3,10 @@
 Steinke, Nasr and Jagielski (NeurIPS 2023) bound ε from below with one training run. The party builds ``m``
 canary rows (random tokens: :meth:`mpctf.data.task_base.Task.canary`), flips a secret fair coin for each, and mixes
 the heads into its own training rows, where they are chunked, Poisson-sampled and clipped like every other row.
-Before its first round it scores every canary by its loss under the model it received; after each round, by its
-loss under the model it trained, which is exactly what it releases (global state plus its DP-SGD update), so the
-score is post-processing of the mechanism the party's ledger accounts for. A canary whose loss fell the most was
+Before its first round it scores every canary by its loss under the model it received; after each scored round
+(the evaluation schedule, which the server puts in the task), by its loss under the model it trained, which is
+exactly what it releases (global state plus its DP-SGD update), so the score is post-processing of the mechanism
+the party's ledger accounts for. A canary whose loss fell the most was
 probably trained on: :func:`mpctf.privacy.audit.one_run_audit` turns the guesses that are right into a lower bound
 on ε at confidence ``1 − alpha``. A bound above the party's own Opacus ε means the ledger is wrong.
 

@@ -161,7 +161,7 @@ class PartyWorker:
                 self.canaries.before_training(bundle.model, bundle.device, self.config.data.eval.batch_size)
             scoring = time.perf_counter() - scoring
             stats, private_metrics = self._train(chunk, settings, hooks)
-            if self.canaries is not None:
+            if self.canaries is not None and task.instructions.get("scored", True):
                 private_metrics |= self._audit_canaries(scoring)
             local = bundle.mode.get_state(bundle.model)
         else:  # DP-SGD with several processes is refused at validation

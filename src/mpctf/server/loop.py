@@ -202,7 +202,12 @@ class RoundLoop:
             )
         self.strategy.begin_round(round_num, state)
         sent = {p: self.strategy.state_for_party(p, state) for p in selected}
-        instructions = {"op": "train", "strategy": self.strategy.party_instructions()}
+        # ``scored``: the evaluation schedule, public; a party spends its audit's forward passes on these rounds.
+        instructions = {
+            "op": "train",
+            "strategy": self.strategy.party_instructions(),
+            "scored": self.scored(round_num),
+        }
         payload = self.strategy.round_payload()
         private = {}
         if self.privacy is not None:  # secure aggregation's key exchanges may leave parties out of the round
