@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny random model, few rows: checks the pipeline")
     ap.add_argument("--out", type=Path, default=Path("runs/privacy-audit"))
-    ap.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: all (quick: plain secagg dp8 sgd8)")
+    ap.add_argument(
+        "--configs", nargs="+", choices=CONFIGS, help="default: all (quick: plain secagg dp8 sgd8)"
+    )
     ap.add_argument("--rows-per-party", type=int, default=None, help="default 64 (quick: 16)")
     ap.add_argument("--rounds", type=int, default=None, help="default 4 (quick: 2)")
     ap.add_argument("--references", type=int, default=2, help="reference federations for offline LiRA")
@@ -180,9 +182,10 @@ def ledger(run_dir: Path) -> dict[str, Any]:
         out["audit_time_share_at_most"] = sum(r["privacy_server_seconds"] for r in trained) / sum(
             r["seconds"] for r in trained
         )
-    every = [r for r in records if r["event"] == "party_round" and "audit_rows_seconds" in r]
-    if every:
-        out["audit_time_share"] = sum(r["audit_rows_seconds"] for r in every) / sum(
+    every = [r for r in records if r["event"] == "party_round" and r["status"] == "ok"]
+    if any("audit_rows_seconds" in r for r in every):
+        # The canary rows' scoring as a share of all the parties' time in the run.
+        out["audit_time_share"] = sum(r.get("audit_rows_seconds", 0.0) for r in every) / sum(
             r["party_seconds"] for r in every
         )
     if any("dp_sgd_epsilon" in p for p in parties):
@@ -192,6 +195,23 @@ def ledger(run_dir: Path) -> dict[str, Any]:
             f"{p['audit_rows_correct']:.0f}/{p['audit_rows_guesses']:.0f}" for p in parties
         ]
     return out
+
+
+def matched_non_members(files: dict[str, Path], label_field: str) -> list[int]:
+    """Held-out rows with the members' label shares (as many as the held-out set allows): a membership test
+    must not be able to win by telling the members' label mix from the balanced held-out set's."""
+    member_labels = [json.loads(x)[label_field] for p in PARTIES for x in files[p].read_text().splitlines()]
+    held = [json.loads(x)[label_field] for x in files["held_out"].read_text().splitlines()]
+    shares = {label: member_labels.count(label) / len(member_labels) for label in set(member_labels)}
+    size = min(int(held.count(label) / share) for label, share in shares.items() if share > 0)
+    keep: list[int] = []
+    for label, share in sorted(shares.items()):
+        keep += [i for i, x in enumerate(held) if x == label][: round(size * share)]
+    return sorted(keep)
+
+
+def matched(losses: dict[str, list[float]], keep: list[int]) -> dict[str, list[float]]:
+    return {**losses, "held_out": [losses["held_out"][i] for i in keep]}
 
 
 def label_settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -228,13 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i, folder in enumerate(refs):
         train(run_config("plain", args, folder, f"reference{i}"), out / f"reference{i}")
     files = {p: data / f"{p}.jsonl" for p in PARTIES} | {"held_out": data / "test.jsonl"}
-    references = [_audit_attacks.row_losses(out / f"reference{i}", files) for i in range(args.references)]
+    keep = matched_non_members(files, TASKS["movie"].label_field)
+    references = [
+        matched(_audit_attacks.row_losses(out / f"reference{i}", files), keep) for i in range(args.references)
+    ]
     results: dict[str, Any] = {"command": command_line(), "machine": machine(), "truth": truth, "runs": {}}
     label_refs = None
     for name, cfg in configs.items():
         row: dict[str, Any] = ledger(out / name)
         if name != "secagg":  # the same model as plain's: secure aggregation hides updates, not the model
-            target = _audit_attacks.row_losses(out / name, files)
+            target = matched(_audit_attacks.row_losses(out / name, files), keep)
             row["membership"] = _audit_attacks.membership(target, references, PARTIES, "held_out")
         if name in ("plain", "secagg"):
             if label_refs is None:

@@ -17,6 +17,7 @@ the bound is only as strong as the run lets the canaries be learned: a few steps
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from random import Random
 
@@ -39,13 +40,16 @@ class CanaryRows:
         self.rows = [task.canary(like[rng.randrange(len(like))], rng) for _ in range(params.canary_rows)]
         self.included = [rng.random() < 0.5 for _ in self.rows]
         self._baseline: list[float] | None = None
+        self._seconds = 0.0  # spent on scoring since the last report
 
     def trained(self) -> list[Example]:
         """The canaries that join the party's training rows."""
         return [row for row, kept in zip(self.rows, self.included, strict=True) if kept]
 
     def _losses(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> list[float]:
+        began = time.perf_counter()
         scored = self.task.row_nll(model, self.rows, batch_size=batch_size, device=device)
+        self._seconds += time.perf_counter() - began
         return [total / max(count, 1) for total, count in scored]
 
     def before_training(self, model: torch.nn.Module, device: torch.device, batch_size: int) -> None:
@@ -56,16 +60,19 @@ class CanaryRows:
     def audit(
         self, model: torch.nn.Module, device: torch.device, batch_size: int, delta: float
     ) -> dict[str, float]:
-        """The lower bound on ε from the canaries' loss drops under ``model`` (what the party releases)."""
+        """The lower bound on ε from the canaries' loss drops under ``model`` (what the party releases), and the
+        seconds the audit's scoring took since the last report (``audit_rows_seconds``)."""
         from mpctf.privacy.audit import one_run_audit
 
         assert self._baseline is not None, "before_training scores the baseline first"
         now = self._losses(model, device, batch_size)
         drops = [before - after for before, after in zip(self._baseline, now, strict=True)]
         bound, guesses, right = one_run_audit(drops, self.included, delta, 1.0 - self.params.alpha)
+        seconds, self._seconds = self._seconds, 0.0
         return {
             "audit_rows_epsilon_lower_bound": bound,
             "audit_rows_guesses": float(guesses),
             "audit_rows_correct": float(right),
             "audit_rows_trained": float(sum(self.included)),
+            "audit_rows_seconds": seconds,
         }

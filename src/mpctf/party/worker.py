@@ -75,16 +75,6 @@ class PartyWorker:
         self.examples = self.examples + canaries.trained()
         return canaries
 
-    def _audit_canaries(self, earlier: float) -> dict[str, float]:
-        """The canary rows' bound under the model just trained (what this round releases), and the seconds the
-        audit took this round (``earlier``: those it spent before training)."""
-        assert self.canaries is not None
-        began = time.perf_counter()
-        delta = self.config.privacy.sample_dp.delta  # type: ignore[union-attr]  (canaries need sample_dp)
-        bundle = self.bundle
-        metrics = self.canaries.audit(bundle.model, bundle.device, self.config.data.eval.batch_size, delta)
-        return metrics | {"audit_rows_seconds": time.perf_counter() - began + earlier}
-
     def close(self) -> None:
         """Stop the party's other training processes, if any."""
         if self.ranks is not None:
@@ -156,13 +146,13 @@ class PartyWorker:
         )
         if self.ranks is None:
             bundle.mode.set_state(bundle.model, received)
-            scoring = time.perf_counter()
+            audit_batch = self.config.data.eval.batch_size
             if self.canaries is not None:
-                self.canaries.before_training(bundle.model, bundle.device, self.config.data.eval.batch_size)
-            scoring = time.perf_counter() - scoring
+                self.canaries.before_training(bundle.model, bundle.device, audit_batch)
             stats, private_metrics = self._train(chunk, settings, hooks)
             if self.canaries is not None and task.instructions.get("scored", True):
-                private_metrics |= self._audit_canaries(scoring)
+                delta_dp = self.config.privacy.sample_dp.delta  # type: ignore[union-attr]  (canaries need it)
+                private_metrics |= self.canaries.audit(bundle.model, bundle.device, audit_batch, delta_dp)
             local = bundle.mode.get_state(bundle.model)
         else:  # DP-SGD with several processes is refused at validation
             with self.ranks.round(
