@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
                 zero = outcome.accuracy_per_round[0]
                 runs["zero-shot"].append({"seed": seed, "accuracy": zero})
             print(method, seed, json.dumps(row), flush=True)
-    results = {"command": command_line(), "machine": machine(), "budget": vars(budget), "runs": runs}
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    table = summary(runs)
-    (args.out / "results.md").write_text(table)
-    print(table)
+            # Written after every run, so a long benchmark stopped early keeps what it measured.
+            results = {"command": command_line(), "machine": machine(), "budget": vars(budget), "runs": runs}
+            (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            (args.out / "results.md").write_text(summary(runs))
+    print(summary(runs))
 
 
 def summary(runs: dict[str, list[dict[str, Any]]]) -> str:
