@@ -20,7 +20,7 @@ def errors(cfg: dict) -> list[str]:
 def test_unknown_mode_lists_the_known_ones(tmp_path: Path) -> None:
     (line,) = errors(tiny_config_dict(tmp_path, **{"training.mode": "lorax"}))
     assert line.startswith(
-        "config key `training`: `mode`: unknown training mode 'lorax'; known: full, ia3, lora"
+        "config key `training`: `mode`: unknown training mode 'lorax'; known: blackbox_prompt, full, ia3, lora"
     )
 
 
