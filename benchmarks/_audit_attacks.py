@@ -149,9 +149,8 @@ def label_inference(
         who: float(infer_label_shares(vec, [references[c] for c in labels])[labels.index(label)])
         for who, vec in seen.items()
     }
-    guess = {
-        p: estimates.get(p, next(iter(estimates.values())) if len(estimates) == 1 else 0.5) for p in truth
-    }
+    # Each party's own estimate where its update was seen; the hidden sum's estimate stands for every party.
+    guess = {p: estimates.get(p, estimates.get("(aggregate)", 0.5)) for p in truth}
     errors = [abs(guess[p] - truth[p]) for p in truth]
     return {
         "updates_seen": len(seen),

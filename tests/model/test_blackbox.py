@@ -128,6 +128,10 @@ def test_a_federation_learns_with_a_few_hundred_bytes_a_round_and_resumes(tmp_pa
             {"training.processes_per_party": 2, "backend.name": "processes"},
             "scores its candidates in one process",
         ),
+        (
+            {"privacy": {"sample_dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}},
+            "per-example gradients",
+        ),
     ],
 )
 def test_what_needs_gradients_is_refused_in_one_line(tmp_path: Path, overrides, message) -> None:

@@ -34,6 +34,7 @@ def test_client_dp_defaults_live_in_the_schema():
             "`threshold` must be <= num_neighbours \\+ 1 = 5",
         ),
         ("secure_aggregation", {"bits": 63}, "bits"),
+        ("audit", {"canary_rows": 1}, "`canary_rows` must be 0 \\(off\\) or at least 2"),
     ],
 )
 def test_invalid_sections_name_the_key(section, values, match):

@@ -6,9 +6,9 @@ the heads into its own training rows, where they are chunked, Poisson-sampled an
 Before its first round it scores every canary by its loss under the model it received; after each scored round
 (the evaluation schedule, which the server puts in the task), by its loss under the model it trained, which is
 exactly what it releases (global state plus its DP-SGD update), so the score is post-processing of the mechanism
-the party's ledger accounts for. A canary whose loss fell the most was
-probably trained on: :func:`mpctf.privacy.audit.one_run_audit` turns the guesses that are right into a lower bound
-on ε at confidence ``1 − alpha``. A bound above the party's own Opacus ε means the ledger is wrong.
+the party's ledger accounts for. A canary whose loss fell the most was probably trained on:
+:func:`mpctf.privacy.audit.one_run_audit` turns the guesses that are right into a lower bound on ε at confidence
+``1 − alpha``. A bound above the party's own Opacus ε means the ledger is wrong.
 
 The canaries are real training rows (half of them are trained on), so they cost the party a little accuracy; and
 the bound is only as strong as the run lets the canaries be learned: a few steps at a small ε leave it near 0.

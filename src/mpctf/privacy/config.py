@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mpctf.privacy.adaptive_clip import AdaptiveClipParams
 from mpctf.privacy.ckks_params import CkksParams
@@ -59,6 +59,13 @@ class AuditParams(_Section):
     #: Canary rows each party builds, each trained on with probability ½, to bound DP-SGD's ε from below in one
     #: run (Steinke, Nasr, Jagielski 2023); 0: none.
     canary_rows: int = Field(0, ge=0)
+
+    @field_validator("canary_rows")
+    @classmethod
+    def _a_pair_at_least(cls, value: int) -> int:
+        if value == 1:  # the audit guesses one canary "in" and one "out" at the least
+            raise ValueError("`canary_rows` must be 0 (off) or at least 2")
+        return value
 
 
 class PrivacyConfig(_Section):
